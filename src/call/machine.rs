@@ -748,7 +748,7 @@ mod tests {
             let t0 = Instant::now();
             let mut now = t0;
             let mut finals = 0;
-            let mut check_actions = |acts: Actions, finals: &mut u32| -> Result<(), TestCaseError> {
+            let check_actions = |acts: Actions, finals: &mut u32| -> Result<(), TestCaseError> {
                 for a in acts {
                     prop_assert_eq!(*finals, 0, "action after Finished");
                     if let Action::Finished(f) = a {
