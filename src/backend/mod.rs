@@ -77,8 +77,15 @@ pub struct Originate {
 #[derive(Debug, Clone)]
 pub enum Command {
     Originate(Originate),
-    Play { call: CallId, seq: u16, prompt: Prompt },
-    Hangup { call: CallId, q850: u16 },
+    Play {
+        call: CallId,
+        seq: u16,
+        prompt: Prompt,
+    },
+    Hangup {
+        call: CallId,
+        q850: u16,
+    },
 }
 
 impl Command {

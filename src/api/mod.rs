@@ -1,0 +1,64 @@
+//! HTTP (axum): one module per provider dialect, all over the same `Engine`, plus `/metrics` and
+//! `/healthz`.
+//!
+//! Handlers translate and nothing more; a request that does not fit a dialect gets that dialect's
+//! error shape with a 4xx status, never a 500 or a panic. Unknown paths and wrong methods too.
+
+pub mod voicepassword;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::engine::Engine;
+
+#[derive(Clone)]
+struct MetricsState {
+    engine: Engine,
+    prometheus: Option<PrometheusHandle>,
+}
+
+/// The whole HTTP surface.
+pub fn router(
+    engine: Engine,
+    prometheus: Option<PrometheusHandle>,
+    max_body_bytes: usize,
+) -> Router {
+    let voicepassword = Router::new()
+        .route(
+            "/api/voice-password/send/",
+            post(voicepassword::send).fallback(voicepassword::method_not_allowed),
+        )
+        .route(
+            "/api/voice-password/send",
+            post(voicepassword::send).fallback(voicepassword::method_not_allowed),
+        )
+        .with_state(engine.clone());
+    let ops = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(MetricsState { engine, prometheus });
+    Router::new()
+        .merge(voicepassword)
+        .merge(ops)
+        .fallback(voicepassword::unknown)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+}
+
+async fn metrics(State(s): State<MetricsState>) -> Response {
+    s.engine.record_pool_metrics();
+    match &s.prometheus {
+        Some(h) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4",
+            )],
+            h.render(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are not enabled\n").into_response(),
+    }
+}

@@ -1,0 +1,545 @@
+//! One TOML file → typed configuration. Every key, its default and its meaning are listed in
+//! `docs/configuration.md`; keep the two in step.
+//!
+//! Values are validated while they are deserialised (money, numbers, ranges, durations), so a bad
+//! value is reported with its key and line by the TOML parser itself; cross-references (a route
+//! naming a backend that does not exist) are checked afterwards and reported with the line of the
+//! offending key too. Loading does no I/O beyond reading the one file.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::call::machine::Timings;
+use crate::call::Msisdn;
+use crate::pool::{AniRange, PoolPolicy};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub timings: TimingsConfig,
+    #[serde(default)]
+    pub pool: PoolConfig,
+    #[serde(default)]
+    pub webhooks: Webhooks,
+    #[serde(default)]
+    pub accounts: Vec<Account>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    pub listen: SocketAddr,
+    /// `sqlite://path` (created if missing) or `sqlite::memory:`.
+    pub database: String,
+    /// Directory holding one sub-directory of prompts per language.
+    pub sounds: PathBuf,
+    /// How long in-flight calls may run on after SIGTERM/SIGINT before they are cut.
+    pub shutdown_grace_secs: u64,
+    /// UTC offset of the dates the API shows (`+03:00` for Moscow time, as the providers do).
+    pub utc_offset: UtcOffset,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: "127.0.0.1:8080".parse().expect("literal address"),
+            database: "sqlite://callcode.db".into(),
+            sounds: PathBuf::from("sounds"),
+            shutdown_grace_secs: 30,
+            utc_offset: UtcOffset::default(),
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimingsConfig {
+    pub flash_ring_ms: u64,
+    pub answer_timeout_ms: u64,
+    pub prompt_slack_ms: u64,
+    pub hangup_timeout_ms: u64,
+}
+
+impl Default for TimingsConfig {
+    fn default() -> Self {
+        let t = Timings::default();
+        TimingsConfig {
+            flash_ring_ms: t.flash_ring.as_millis() as u64,
+            answer_timeout_ms: t.answer_timeout.as_millis() as u64,
+            prompt_slack_ms: t.prompt_slack.as_millis() as u64,
+            hangup_timeout_ms: t.hangup_timeout.as_millis() as u64,
+        }
+    }
+}
+
+impl TimingsConfig {
+    pub fn timings(&self) -> Timings {
+        Timings {
+            flash_ring: Duration::from_millis(self.flash_ring_ms),
+            answer_timeout: Duration::from_millis(self.answer_timeout_ms),
+            prompt_slack: Duration::from_millis(self.prompt_slack_ms),
+            hangup_timeout: Duration::from_millis(self.hangup_timeout_ms),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    pub cooldown_secs: u64,
+    pub max_calls_per_ani: u16,
+    pub reject_streak: u32,
+    pub reject_rate: f64,
+    pub reject_rate_min_calls: u32,
+    pub quarantine_secs: u64,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        let p = PoolPolicy::default();
+        PoolConfig {
+            cooldown_secs: p.cooldown.as_secs(),
+            max_calls_per_ani: p.max_calls_per_ani,
+            reject_streak: p.reject_streak,
+            reject_rate: p.reject_rate,
+            reject_rate_min_calls: p.reject_rate_min_calls,
+            quarantine_secs: p.quarantine.as_secs(),
+        }
+    }
+}
+
+impl PoolConfig {
+    pub fn policy(&self) -> PoolPolicy {
+        PoolPolicy {
+            cooldown: Duration::from_secs(self.cooldown_secs),
+            max_calls_per_ani: self.max_calls_per_ani,
+            reject_streak: self.reject_streak,
+            reject_rate: self.reject_rate,
+            reject_rate_min_calls: self.reject_rate_min_calls,
+            quarantine: Duration::from_secs(self.quarantine_secs),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Webhooks {
+    /// One delivery attempt may take this long.
+    pub timeout_ms: u64,
+    /// First retry delay; doubles per attempt, with jitter.
+    pub initial_backoff_ms: u64,
+    pub max_backoff_secs: u64,
+    /// A callback still undelivered after this long is given up (and counted).
+    pub max_age_secs: u64,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for Webhooks {
+    fn default() -> Self {
+        Webhooks {
+            timeout_ms: 5000,
+            initial_backoff_ms: 1000,
+            max_backoff_secs: 600,
+            max_age_secs: 24 * 3600,
+            concurrency: 32,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Account {
+    /// The account number (the providers' "ЛС"), e.g. `117793`.
+    pub id: String,
+    pub api_keys: Vec<String>,
+    /// Opening balance, used when the account is first created in the store.
+    #[serde(default)]
+    pub balance: Money,
+    #[serde(default = "default_currency")]
+    pub currency: String,
+    #[serde(default)]
+    pub disabled: bool,
+    /// Caller numbers of the customer's own that `voice.ani` may name.
+    #[serde(default)]
+    pub registered_anis: Vec<Msisdn>,
+    /// ISO country codes the account may call; `*` for all.
+    #[serde(default = "all_countries")]
+    pub allowed_countries: Vec<String>,
+    /// Numbers never to call for this account.
+    #[serde(default)]
+    pub spam_list: Vec<Msisdn>,
+}
+
+fn default_currency() -> String {
+    "RUB".into()
+}
+
+fn all_countries() -> Vec<String> {
+    vec!["*".into()]
+}
+
+impl Account {
+    pub fn may_call(&self, country: &str) -> bool {
+        self.allowed_countries
+            .iter()
+            .any(|c| c == "*" || c.eq_ignore_ascii_case(country))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub name: String,
+    /// ISO country codes of destinations; `*` matches every country no other route names.
+    pub countries: Vec<String>,
+    pub price: Money,
+    pub backend: toml::Spanned<String>,
+    /// Caller-number ranges (`first-last`) or single numbers.
+    pub anis: Vec<AniRange>,
+    /// Language of the voice prompts.
+    #[serde(default = "default_language")]
+    pub language: String,
+}
+
+fn default_language() -> String {
+    "en".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub name: String,
+    pub kind: BackendKind,
+    #[serde(default)]
+    pub settings: toml::Table,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Sandbox,
+}
+
+/// An amount in hundredths of the currency unit (kopecks, cents). Written as a string or number
+/// with at most two decimals: `"0.35"`, `1.5`, `100`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Money(pub i64);
+
+impl FromStr for Money {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("`{s}` is not an amount like 0.35");
+        let (neg, s2) = match s.trim().strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, s.trim()),
+        };
+        let (units, frac) = s2.split_once('.').unwrap_or((s2, ""));
+        if units.is_empty() || !units.bytes().all(|b| b.is_ascii_digit()) || units.len() > 15 {
+            return Err(bad());
+        }
+        if frac.len() > 2 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let units: i64 = units.parse().map_err(|_| bad())?;
+        let cents: i64 = format!("{frac:0<2}").parse().map_err(|_| bad())?;
+        let v = units * 100 + cents;
+        Ok(Money(if neg { -v } else { v }))
+    }
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let a = self.0.unsigned_abs();
+        write!(f, "{sign}{}.{:02}", a / 100, a % 100)
+    }
+}
+
+impl<'de> Deserialize<'de> for Money {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            I(i64),
+            F(f64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+            Raw::I(i) => Ok(Money(i * 100)),
+            Raw::F(f) => format!("{f}").parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Msisdn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}")))
+    }
+}
+
+impl<'de> Deserialize<'de> for AniRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}")))
+    }
+}
+
+/// A fixed UTC offset written `+03:00`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UtcOffset(pub chrono::FixedOffset);
+
+impl Default for UtcOffset {
+    fn default() -> Self {
+        UtcOffset(chrono::FixedOffset::east_opt(0).expect("zero offset"))
+    }
+}
+
+impl<'de> Deserialize<'de> for UtcOffset {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse::<chrono::FixedOffset>()
+            .map(UtcOffset)
+            .map_err(|_| serde::de::Error::custom(format!("`{s}` is not an offset like +03:00")))
+    }
+}
+
+/// A configuration error with the key and, where known, the line it is on.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses and cross-checks. The error names the key and the line.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start));
+            let msg = e.message().trim().to_string();
+            match line {
+                Some(l) => format!("line {l}: {msg}"),
+                None => msg,
+            }
+        })?;
+        config.validate(text)?;
+        Ok(config)
+    }
+
+    fn validate(&self, text: &str) -> Result<(), String> {
+        let backends: HashSet<&str> = self.backends.iter().map(|b| b.name.as_str()).collect();
+        if backends.len() != self.backends.len() {
+            return Err(format!(
+                "line {}: backends: two backends share a name",
+                find_line(text, "[[backends]]")
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut wildcard = 0;
+        for (i, r) in self.routes.iter().enumerate() {
+            if !names.insert(r.name.as_str()) {
+                return Err(format!(
+                    "line {}: routes[{i}].name: route `{}` is defined twice",
+                    find_line(text, &format!("\"{}\"", r.name)),
+                    r.name
+                ));
+            }
+            if !backends.contains(r.backend.get_ref().as_str()) {
+                return Err(format!(
+                    "line {}: routes[{i}].backend: no backend is named `{}`",
+                    line_of(text, r.backend.span().start),
+                    r.backend.get_ref()
+                ));
+            }
+            if r.anis.is_empty() {
+                return Err(format!(
+                    "line {}: routes[{i}].anis: a route needs at least one caller number",
+                    find_line(text, &format!("\"{}\"", r.name))
+                ));
+            }
+            if r.countries.iter().any(|c| c == "*") {
+                wildcard += 1;
+            }
+            if let Some(c) = r
+                .countries
+                .iter()
+                .find(|c| *c != "*" && (c.len() != 2 || !c.bytes().all(|b| b.is_ascii_uppercase())))
+            {
+                return Err(format!(
+                    "line {}: routes[{i}].countries: `{c}` is not an ISO country code like RU",
+                    find_line(text, &format!("\"{c}\""))
+                ));
+            }
+        }
+        if wildcard > 1 {
+            return Err("routes: only one route may list `*` in countries".into());
+        }
+        let mut keys = HashSet::new();
+        let mut ids = HashSet::new();
+        for (i, a) in self.accounts.iter().enumerate() {
+            if !ids.insert(a.id.as_str()) {
+                return Err(format!(
+                    "line {}: accounts[{i}].id: account `{}` is defined twice",
+                    find_line(text, &format!("\"{}\"", a.id)),
+                    a.id
+                ));
+            }
+            for k in &a.api_keys {
+                if k.is_empty() || !keys.insert(k.as_str()) {
+                    return Err(format!(
+                        "line {}: accounts[{i}].api_keys: API keys must be non-empty and unique",
+                        find_line(text, "api_keys")
+                    ));
+                }
+            }
+        }
+        if self.timings.flash_ring_ms == 0 || self.timings.answer_timeout_ms == 0 {
+            return Err(format!(
+                "line {}: timings: ring and answer times must be above zero",
+                find_line(text, "[timings]")
+            ));
+        }
+        Ok(())
+    }
+
+    /// The route for a destination country: the one naming it, else the `*` route.
+    pub fn route_for(&self, country: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| r.countries.iter().any(|c| c.eq_ignore_ascii_case(country)))
+            .or_else(|| {
+                self.routes
+                    .iter()
+                    .find(|r| r.countries.iter().any(|c| c == "*"))
+            })
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+fn find_line(text: &str, needle: &str) -> usize {
+    text.find(needle).map_or(0, |o| line_of(text, o))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SANDBOX: &str = include_str!("../examples/sandbox.toml");
+
+    #[test]
+    fn the_shipped_sandbox_config_loads() {
+        let c = Config::parse(SANDBOX).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        let acct = &c.accounts[0];
+        assert_eq!(acct.id, "117793");
+        assert_eq!(acct.api_keys, vec!["demo-key".to_string()]);
+        assert_eq!(acct.balance, Money(10000));
+        assert_eq!(acct.registered_anis[0].to_string(), "74959999999");
+        assert_eq!(c.route_for("RU").unwrap().name, "ru");
+        assert_eq!(c.route_for("RU").unwrap().price, Money(35));
+        assert_eq!(c.route_for("DE").unwrap().name, "intl");
+        assert_eq!(c.route_for("HU").unwrap().price, Money(150));
+    }
+
+    #[test]
+    fn money_parses_and_prints() {
+        assert_eq!("0.35".parse::<Money>().unwrap(), Money(35));
+        assert_eq!("1.5".parse::<Money>().unwrap(), Money(150));
+        assert_eq!("100".parse::<Money>().unwrap(), Money(10000));
+        assert_eq!(Money(35).to_string(), "0.35");
+        assert_eq!(Money(-5).to_string(), "-0.05");
+        assert_eq!(Money(10000).to_string(), "100.00");
+        for bad in ["", "1.234", "abc", "1,5", ".5", "1e3"] {
+            assert!(bad.parse::<Money>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key_and_line() {
+        let text = SANDBOX.replacen("price = \"0.35\"", "price = \"0,35\"", 1);
+        let err = Config::parse(&text).unwrap_err();
+        let line = find_line(&text, "\"0,35\"");
+        assert!(err.contains(&format!("line {line}")), "{err}");
+        assert!(err.contains("0,35"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_names_its_line() {
+        let text = SANDBOX.replacen("[timings]", "[timings]\nflash_ring = 5", 1);
+        let err = Config::parse(&text).unwrap_err();
+        let line = find_line(&text, "flash_ring = 5");
+        assert!(err.contains(&format!("line {line}")), "{err}");
+        assert!(err.contains("flash_ring"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_backend_names_the_route_key_and_line() {
+        let text = SANDBOX.replacen("backend = \"sandbox\"", "backend = \"nowhere\"", 1);
+        let err = Config::parse(&text).unwrap_err();
+        let line = find_line(&text, "\"nowhere\"");
+        assert!(
+            err.contains(&format!("line {line}: routes[0].backend")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bad_ani_range_names_its_line() {
+        let text = SANDBOX.replacen("74951090000-74951099999", "74951099999-7495109", 1);
+        let err = Config::parse(&text).unwrap_err();
+        let line = find_line(&text, "74951099999-7495109");
+        assert!(err.contains(&format!("line {line}")), "{err}");
+    }
+
+    #[test]
+    fn defaults_fill_an_almost_empty_file() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.server.shutdown_grace_secs, 30);
+        assert_eq!(c.timings.flash_ring_ms, 4000);
+        assert_eq!(c.webhooks.max_age_secs, 86400);
+        assert!(c.routes.is_empty());
+    }
+}
