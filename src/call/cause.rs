@@ -89,15 +89,33 @@ const fn row(
 /// cancel (FreeSWITCH says ORIGINATOR_CANCEL with q850 16, Asterisk says 16): it comes first.
 /// After an answer the code was delivered, so every cause means "answered".
 pub const CAUSE_TABLE: &[CauseRow] = &[
-    row(None, Some(false), Some(EndedBy::Us), Some(true), Outcome::Delivered),
+    row(
+        None,
+        Some(false),
+        Some(EndedBy::Us),
+        Some(true),
+        Outcome::Delivered,
+    ),
     row(None, Some(true), None, None, Outcome::Answered),
     row(Some(&[17]), None, None, None, Outcome::Busy),
-    row(Some(&[16, 18, 19]), Some(false), None, None, Outcome::NoAnswer),
+    row(
+        Some(&[16, 18, 19]),
+        Some(false),
+        None,
+        None,
+        Outcome::NoAnswer,
+    ),
     row(Some(&[21]), None, None, None, Outcome::Rejected),
     row(Some(&[31]), None, None, None, Outcome::RejectedByOperator),
     row(Some(&[41]), None, None, None, Outcome::Billing),
     row(Some(&[1, 22, 28]), None, None, None, Outcome::InvalidNumber),
-    row(Some(&[34, 38, 42, 44, 47]), None, None, None, Outcome::RouteFailure),
+    row(
+        Some(&[34, 38, 42, 44, 47]),
+        None,
+        None,
+        None,
+        Outcome::RouteFailure,
+    ),
     row(None, None, None, None, Outcome::Unreachable),
 ];
 
@@ -152,19 +170,103 @@ const fn vocab(
 }
 
 pub const VOCABULARY: &[Vocabulary] = &[
-    vocab(Outcome::Answered, "answered", "ANSWERED", "Успешно", "ANSWER", None),
-    vocab(Outcome::Delivered, "delivered", "ANSWERED", "Успешно", "ANSWER", None),
+    vocab(
+        Outcome::Answered,
+        "answered",
+        "ANSWERED",
+        "Успешно",
+        "ANSWER",
+        None,
+    ),
+    vocab(
+        Outcome::Delivered,
+        "delivered",
+        "ANSWERED",
+        "Успешно",
+        "ANSWER",
+        None,
+    ),
     vocab(Outcome::Busy, "busy", "BUSY", "Занято", "CANCEL", None),
-    vocab(Outcome::NoAnswer, "no_answer", "NO ANSWER", "Нет ответа", "CANCEL", None),
-    vocab(Outcome::Rejected, "rejected", "FAIL", "Ошибка", "CANCEL", Some("rejected")),
-    vocab(Outcome::RejectedByOperator, "rejected_by_operator", "FAIL", "Ошибка", "CANCEL", Some("rejected")),
-    vocab(Outcome::Billing, "billing", "FAIL", "Ошибка", "CANCEL", Some("billing")),
-    vocab(Outcome::InvalidNumber, "invalid_number", "FAIL", "Ошибка", "CANCEL", Some("unreachable")),
-    vocab(Outcome::RouteFailure, "route_failure", "FAIL", "Ошибка", "CANCEL", Some("unreachable")),
-    vocab(Outcome::Unreachable, "unreachable", "FAIL", "Ошибка", "CANCEL", Some("unreachable")),
-    vocab(Outcome::Redirected, "redirected", "CANCEL", "Отменен", "CANCEL", Some("redirected")),
-    vocab(Outcome::Cancelled, "cancelled", "CANCEL", "Отменен", "CANCEL", Some("cancelled")),
-    vocab(Outcome::Interrupted, "interrupted", "CANCEL", "Отменен", "CANCEL", Some("interrupted")),
+    vocab(
+        Outcome::NoAnswer,
+        "no_answer",
+        "NO ANSWER",
+        "Нет ответа",
+        "CANCEL",
+        None,
+    ),
+    vocab(
+        Outcome::Rejected,
+        "rejected",
+        "FAIL",
+        "Ошибка",
+        "CANCEL",
+        Some("rejected"),
+    ),
+    vocab(
+        Outcome::RejectedByOperator,
+        "rejected_by_operator",
+        "FAIL",
+        "Ошибка",
+        "CANCEL",
+        Some("rejected"),
+    ),
+    vocab(
+        Outcome::Billing,
+        "billing",
+        "FAIL",
+        "Ошибка",
+        "CANCEL",
+        Some("billing"),
+    ),
+    vocab(
+        Outcome::InvalidNumber,
+        "invalid_number",
+        "FAIL",
+        "Ошибка",
+        "CANCEL",
+        Some("unreachable"),
+    ),
+    vocab(
+        Outcome::RouteFailure,
+        "route_failure",
+        "FAIL",
+        "Ошибка",
+        "CANCEL",
+        Some("unreachable"),
+    ),
+    vocab(
+        Outcome::Unreachable,
+        "unreachable",
+        "FAIL",
+        "Ошибка",
+        "CANCEL",
+        Some("unreachable"),
+    ),
+    vocab(
+        Outcome::Redirected,
+        "redirected",
+        "CANCEL",
+        "Отменен",
+        "CANCEL",
+        Some("redirected"),
+    ),
+    vocab(
+        Outcome::Cancelled,
+        "cancelled",
+        "CANCEL",
+        "Отменен",
+        "CANCEL",
+        Some("cancelled"),
+    ),
+    vocab(
+        Outcome::Interrupted,
+        "interrupted",
+        "CANCEL",
+        "Отменен",
+        "CANCEL",
+        Some("interrupted"),
+    ),
 ];
 
 /// VoicePassword statistics name of a verification still dialling or ringing.
@@ -211,20 +313,32 @@ mod tests {
     #[test]
     fn row_flash_rang_and_dropped_by_us_is_delivered() {
         for q850 in [16, 0, 102, 487] {
-            let e = Ending { flash_rang: true, ..ending(q850, false, EndedBy::Us) };
+            let e = Ending {
+                flash_rang: true,
+                ..ending(q850, false, EndedBy::Us)
+            };
             assert_eq!(classify(e), Outcome::Delivered, "q850 {q850}");
         }
         // Rang, but the far end ended it: not ours to call a delivery.
-        let e = Ending { flash_rang: true, ..ending(17, false, EndedBy::Remote) };
+        let e = Ending {
+            flash_rang: true,
+            ..ending(17, false, EndedBy::Remote)
+        };
         assert_eq!(classify(e), Outcome::Busy);
     }
 
     #[test]
     fn row_16_answered_is_answered() {
-        assert_eq!(classify(ending(16, true, EndedBy::Remote)), Outcome::Answered);
+        assert_eq!(
+            classify(ending(16, true, EndedBy::Remote)),
+            Outcome::Answered
+        );
         assert_eq!(classify(ending(16, true, EndedBy::Us)), Outcome::Answered);
         // A carrier cause after an answer does not undo the delivery.
-        assert_eq!(classify(ending(41, true, EndedBy::Remote)), Outcome::Answered);
+        assert_eq!(
+            classify(ending(41, true, EndedBy::Remote)),
+            Outcome::Answered
+        );
     }
 
     #[test]
@@ -235,44 +349,68 @@ mod tests {
     #[test]
     fn row_16_18_19_not_answered_is_no_answer() {
         for q850 in [16, 18, 19] {
-            assert_eq!(classify(ending(q850, false, EndedBy::Remote)), Outcome::NoAnswer);
-            assert_eq!(classify(ending(q850, false, EndedBy::Us)), Outcome::NoAnswer);
+            assert_eq!(
+                classify(ending(q850, false, EndedBy::Remote)),
+                Outcome::NoAnswer
+            );
+            assert_eq!(
+                classify(ending(q850, false, EndedBy::Us)),
+                Outcome::NoAnswer
+            );
         }
     }
 
     #[test]
     fn row_21_is_rejected() {
-        assert_eq!(classify(ending(21, false, EndedBy::Remote)), Outcome::Rejected);
+        assert_eq!(
+            classify(ending(21, false, EndedBy::Remote)),
+            Outcome::Rejected
+        );
     }
 
     #[test]
     fn row_31_is_rejected_by_operator() {
-        assert_eq!(classify(ending(31, false, EndedBy::Remote)), Outcome::RejectedByOperator);
+        assert_eq!(
+            classify(ending(31, false, EndedBy::Remote)),
+            Outcome::RejectedByOperator
+        );
     }
 
     #[test]
     fn row_41_is_billing() {
-        assert_eq!(classify(ending(41, false, EndedBy::Remote)), Outcome::Billing);
+        assert_eq!(
+            classify(ending(41, false, EndedBy::Remote)),
+            Outcome::Billing
+        );
     }
 
     #[test]
     fn row_1_22_28_is_invalid_number() {
         for q850 in [1, 22, 28] {
-            assert_eq!(classify(ending(q850, false, EndedBy::Remote)), Outcome::InvalidNumber);
+            assert_eq!(
+                classify(ending(q850, false, EndedBy::Remote)),
+                Outcome::InvalidNumber
+            );
         }
     }
 
     #[test]
     fn row_34_38_42_44_47_is_route_failure() {
         for q850 in [34, 38, 42, 44, 47] {
-            assert_eq!(classify(ending(q850, false, EndedBy::Local)), Outcome::RouteFailure);
+            assert_eq!(
+                classify(ending(q850, false, EndedBy::Local)),
+                Outcome::RouteFailure
+            );
         }
     }
 
     #[test]
     fn row_anything_else_is_unreachable() {
         for q850 in [0, 2, 3, 20, 27, 102, 127, 609] {
-            assert_eq!(classify(ending(q850, false, EndedBy::Local)), Outcome::Unreachable);
+            assert_eq!(
+                classify(ending(q850, false, EndedBy::Local)),
+                Outcome::Unreachable
+            );
         }
     }
 
@@ -281,22 +419,24 @@ mod tests {
         // Each row must be the first match for at least one input, or it is dead weight.
         let inputs: Vec<Ending> = (0u16..130)
             .flat_map(|q| {
-                [EndedBy::Us, EndedBy::Remote, EndedBy::Local].into_iter().flat_map(move |b| {
-                    [false, true].into_iter().flat_map(move |a| {
-                        [false, true].into_iter().map(move |r| Ending {
-                            q850: q,
-                            answered: a,
-                            ended_by: b,
-                            flash_rang: r,
+                [EndedBy::Us, EndedBy::Remote, EndedBy::Local]
+                    .into_iter()
+                    .flat_map(move |b| {
+                        [false, true].into_iter().flat_map(move |a| {
+                            [false, true].into_iter().map(move |r| Ending {
+                                q850: q,
+                                answered: a,
+                                ended_by: b,
+                                flash_rang: r,
+                            })
                         })
                     })
-                })
             })
             .collect();
         for (i, _) in CAUSE_TABLE.iter().enumerate() {
-            let first_match_somewhere = inputs.iter().any(|e| {
-                CAUSE_TABLE.iter().position(|r| r.matches(e)) == Some(i)
-            });
+            let first_match_somewhere = inputs
+                .iter()
+                .any(|e| CAUSE_TABLE.iter().position(|r| r.matches(e)) == Some(i));
             assert!(first_match_somewhere, "row {i} is shadowed");
         }
     }
@@ -310,21 +450,83 @@ mod tests {
             (Outcome::Delivered, "ANSWERED", "Успешно", "ANSWER", None),
             (Outcome::Busy, "BUSY", "Занято", "CANCEL", None),
             (Outcome::NoAnswer, "NO ANSWER", "Нет ответа", "CANCEL", None),
-            (Outcome::Rejected, "FAIL", "Ошибка", "CANCEL", Some("rejected")),
-            (Outcome::RejectedByOperator, "FAIL", "Ошибка", "CANCEL", Some("rejected")),
-            (Outcome::Billing, "FAIL", "Ошибка", "CANCEL", Some("billing")),
-            (Outcome::InvalidNumber, "FAIL", "Ошибка", "CANCEL", Some("unreachable")),
-            (Outcome::RouteFailure, "FAIL", "Ошибка", "CANCEL", Some("unreachable")),
-            (Outcome::Unreachable, "FAIL", "Ошибка", "CANCEL", Some("unreachable")),
-            (Outcome::Redirected, "CANCEL", "Отменен", "CANCEL", Some("redirected")),
-            (Outcome::Cancelled, "CANCEL", "Отменен", "CANCEL", Some("cancelled")),
-            (Outcome::Interrupted, "CANCEL", "Отменен", "CANCEL", Some("interrupted")),
+            (
+                Outcome::Rejected,
+                "FAIL",
+                "Ошибка",
+                "CANCEL",
+                Some("rejected"),
+            ),
+            (
+                Outcome::RejectedByOperator,
+                "FAIL",
+                "Ошибка",
+                "CANCEL",
+                Some("rejected"),
+            ),
+            (
+                Outcome::Billing,
+                "FAIL",
+                "Ошибка",
+                "CANCEL",
+                Some("billing"),
+            ),
+            (
+                Outcome::InvalidNumber,
+                "FAIL",
+                "Ошибка",
+                "CANCEL",
+                Some("unreachable"),
+            ),
+            (
+                Outcome::RouteFailure,
+                "FAIL",
+                "Ошибка",
+                "CANCEL",
+                Some("unreachable"),
+            ),
+            (
+                Outcome::Unreachable,
+                "FAIL",
+                "Ошибка",
+                "CANCEL",
+                Some("unreachable"),
+            ),
+            (
+                Outcome::Redirected,
+                "CANCEL",
+                "Отменен",
+                "CANCEL",
+                Some("redirected"),
+            ),
+            (
+                Outcome::Cancelled,
+                "CANCEL",
+                "Отменен",
+                "CANCEL",
+                Some("cancelled"),
+            ),
+            (
+                Outcome::Interrupted,
+                "CANCEL",
+                "Отменен",
+                "CANCEL",
+                Some("interrupted"),
+            ),
         ];
         assert_eq!(expect.len(), VOCABULARY.len());
         for (outcome, vp, ru, mcn, reason) in expect {
             let v = outcome.vocabulary();
-            assert_eq!((v.voicepassword, v.voicepassword_ru), (vp, ru), "{outcome:?}");
-            assert_eq!((v.mcn_final_status, v.mcn_reason), (mcn, reason), "{outcome:?}");
+            assert_eq!(
+                (v.voicepassword, v.voicepassword_ru),
+                (vp, ru),
+                "{outcome:?}"
+            );
+            assert_eq!(
+                (v.mcn_final_status, v.mcn_reason),
+                (mcn, reason),
+                "{outcome:?}"
+            );
             assert_eq!(Outcome::from_stored(v.stored), Some(outcome));
         }
     }

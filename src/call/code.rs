@@ -101,7 +101,9 @@ impl Code {
 
     /// The code as an integer, for suffix lookups in the ANI pool.
     pub fn value(&self) -> u64 {
-        self.digits().iter().fold(0, |acc, d| acc * 10 + u64::from(*d))
+        self.digits()
+            .iter()
+            .fold(0, |acc, d| acc * 10 + u64::from(*d))
     }
 }
 
@@ -146,7 +148,13 @@ mod tests {
             })
         );
         assert_eq!(Code::parse_client("12a4"), Err(CodeError::NotDigits));
-        assert_eq!(Code::parse_client("١٢٣٤").unwrap_err(), CodeError::Length { expected: 4, got: 8 });
+        assert_eq!(
+            Code::parse_client("١٢٣٤").unwrap_err(),
+            CodeError::Length {
+                expected: 4,
+                got: 8
+            }
+        );
     }
 
     #[test]
@@ -159,8 +167,14 @@ mod tests {
 
     #[test]
     fn suffix_codes_keep_leading_zeros() {
-        assert_eq!(Code::from_suffix(74951090042, 4).unwrap().to_string(), "0042");
-        assert_eq!(Code::from_suffix(74951090042, 6).unwrap().to_string(), "090042");
+        assert_eq!(
+            Code::from_suffix(74951090042, 4).unwrap().to_string(),
+            "0042"
+        );
+        assert_eq!(
+            Code::from_suffix(74951090042, 6).unwrap().to_string(),
+            "090042"
+        );
         assert_eq!(Code::from_suffix(74951090042, 6).unwrap().value(), 90042);
     }
 

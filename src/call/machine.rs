@@ -439,8 +439,14 @@ mod tests {
         assert!(m.on_event(RING, t0 + 100 * MS).is_empty());
         let ring_end = t0 + 100 * MS + Timings::default().flash_ring;
         assert_eq!(m.deadline(), Some(ring_end));
-        assert!(m.on_timer(ring_end - MS).is_empty(), "early timer must not fire");
-        assert_eq!(m.on_timer(ring_end).as_slice(), &[Action::Hangup { q850: 16 }]);
+        assert!(
+            m.on_timer(ring_end - MS).is_empty(),
+            "early timer must not fire"
+        );
+        assert_eq!(
+            m.on_timer(ring_end).as_slice(),
+            &[Action::Hangup { q850: 16 }]
+        );
         let f = finished(&m.on_event(hangup(16, EndedBy::Us), ring_end + 20 * MS));
         assert_eq!(f.outcome, Outcome::Delivered);
         assert_eq!(f.ended_by, EndedBy::Us);
@@ -455,7 +461,9 @@ mod tests {
         m.start(t0);
         m.on_event(RING, t0);
         let acts = m.on_timer(t0 + Duration::from_secs(60));
-        assert!(acts.iter().all(|a| !matches!(a, Action::Hangup { q850: 26 })));
+        assert!(acts
+            .iter()
+            .all(|a| !matches!(a, Action::Hangup { q850: 26 })));
         assert_eq!(acts.as_slice(), &[Action::Hangup { q850: DROP_CAUSE }]);
     }
 

@@ -64,7 +64,19 @@ impl Prompt {
 
     /// File stem inside a language directory (`sounds/<lang>/<stem>.wav`).
     pub fn file_stem(self) -> &'static str {
-        const STEMS: [&str; 11] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "your_code_is"];
+        const STEMS: [&str; 11] = [
+            "0",
+            "1",
+            "2",
+            "3",
+            "4",
+            "5",
+            "6",
+            "7",
+            "8",
+            "9",
+            "your_code_is",
+        ];
         STEMS[self.index()]
     }
 

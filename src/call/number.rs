@@ -47,7 +47,9 @@ impl Msisdn {
         if bytes[0] == b'0' {
             return Err(NumberError::Malformed);
         }
-        let value = bytes.iter().fold(0u64, |acc, b| acc * 10 + u64::from(b - b'0'));
+        let value = bytes
+            .iter()
+            .fold(0u64, |acc, b| acc * 10 + u64::from(b - b'0'));
         Ok(Msisdn {
             value,
             len: bytes.len() as u8,
@@ -139,8 +141,8 @@ pub fn parse_destination(input: &str) -> Result<Destination, NumberError> {
         }
     }
     let number = Msisdn::from_digits(&digits)?;
-    let parsed = phonenumber::parse(None, format!("+{digits}"))
-        .map_err(|_| NumberError::UnknownCountry)?;
+    let parsed =
+        phonenumber::parse(None, format!("+{digits}")).map_err(|_| NumberError::UnknownCountry)?;
     // `phonenumber` keeps a national number in a u64 and the country code separately; make sure it
     // understood the same digits we did (it silently drops some prefixes otherwise).
     if !phonenumber::is_viable(&digits) {
@@ -161,14 +163,20 @@ mod tests {
         assert_eq!(n.len(), 11);
         assert_eq!(n.suffix(4), 1251);
         assert_eq!(n.suffix(6), 91251);
-        assert_eq!(Msisdn::from_u64(3612340000).unwrap().to_string(), "3612340000");
+        assert_eq!(
+            Msisdn::from_u64(3612340000).unwrap().to_string(),
+            "3612340000"
+        );
     }
 
     #[test]
     fn msisdn_rejects_bad_shapes() {
         assert_eq!(Msisdn::from_digits(""), Err(NumberError::Malformed));
         assert_eq!(Msisdn::from_digits("7999x"), Err(NumberError::Malformed));
-        assert_eq!(Msisdn::from_digits("0799999999"), Err(NumberError::Malformed));
+        assert_eq!(
+            Msisdn::from_digits("0799999999"),
+            Err(NumberError::Malformed)
+        );
         assert_eq!(Msisdn::from_digits("1234567"), Err(NumberError::Length(7)));
         assert_eq!(
             Msisdn::from_digits("1234567890123456"),
@@ -178,11 +186,28 @@ mod tests {
 
     #[test]
     fn destinations_get_their_country() {
-        assert_eq!(parse_destination("79999999999").unwrap().country_code(), "RU");
-        assert_eq!(parse_destination("+7 (999) 999-99-99").unwrap().country_code(), "RU");
-        assert_eq!(parse_destination("36201234567").unwrap().country_code(), "HU");
-        assert_eq!(parse_destination("4915112340016").unwrap().country_code(), "DE");
-        assert_eq!(parse_destination("12025550123").unwrap().country_code(), "US");
+        assert_eq!(
+            parse_destination("79999999999").unwrap().country_code(),
+            "RU"
+        );
+        assert_eq!(
+            parse_destination("+7 (999) 999-99-99")
+                .unwrap()
+                .country_code(),
+            "RU"
+        );
+        assert_eq!(
+            parse_destination("36201234567").unwrap().country_code(),
+            "HU"
+        );
+        assert_eq!(
+            parse_destination("4915112340016").unwrap().country_code(),
+            "DE"
+        );
+        assert_eq!(
+            parse_destination("12025550123").unwrap().country_code(),
+            "US"
+        );
     }
 
     #[test]
