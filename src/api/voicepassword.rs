@@ -415,7 +415,9 @@ async fn send_inner(
 
 /// Unknown paths and methods under this dialect's prefix.
 pub async fn unknown() -> Response {
-    VpError::UnknownRequest.into_response()
+    let mut r = VpError::UnknownRequest.into_response();
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    r
 }
 
 pub async fn method_not_allowed() -> Response {
