@@ -31,15 +31,13 @@ pub fn load_sounds(config: &Config) -> Result<Sounds, BoxError> {
     Ok(Sounds::load(&config.server.sounds, &languages)?)
 }
 
-/// Runs until a shutdown signal.
-pub async fn serve(config: Config) -> Result<(), BoxError> {
-    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .map_err(|e| format!("metrics: {e}"))?;
-    let config = Arc::new(config);
-    let sounds = Arc::new(load_sounds(&config)?);
-    let store = Store::open(&config.server.database).await?;
-
+/// Starts the configured backends and the engine over `store`. Returns the engine and the
+/// notifier the webhook worker waits on.
+pub async fn start_engine(
+    config: Arc<Config>,
+    store: Store,
+    sounds: Arc<Sounds>,
+) -> Result<(Engine, Arc<Notify>), BoxError> {
     let (events_tx, events_rx) = mpsc::channel(65_536);
     let mut backends: HashMap<String, Arc<dyn Backend>> = HashMap::new();
     for b in &config.backends {
@@ -61,21 +59,33 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         backends.insert(b.name.clone(), backend);
     }
     drop(events_tx);
-
     let outbox = Arc::new(Notify::new());
     let dialects: Vec<Arc<dyn Dialect>> = vec![Arc::new(api::voicepassword::VoicePassword {
         offset: config.server.utc_offset.0,
     })];
     let engine = Engine::start(EngineParts {
-        config: config.clone(),
-        store: store.clone(),
-        sounds: sounds.clone(),
+        config,
+        store,
+        sounds,
         backends,
         events: events_rx,
         dialects,
         outbox: outbox.clone(),
     })
     .await?;
+    Ok((engine, outbox))
+}
+
+/// Runs until a shutdown signal.
+pub async fn serve(config: Config) -> Result<(), BoxError> {
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| format!("metrics: {e}"))?;
+    let config = Arc::new(config);
+    let sounds = Arc::new(load_sounds(&config)?);
+    let store = Store::open(&config.server.database).await?;
+
+    let (engine, outbox) = start_engine(config.clone(), store.clone(), sounds).await?;
 
     let stop_webhooks = CancellationToken::new();
     let worker = webhook::Worker::new(store.clone(), config.webhooks, engine.clock(), outbox);
