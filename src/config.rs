@@ -351,10 +351,14 @@ impl Config {
     /// Parses and cross-checks. The error names the key and the line.
     pub fn parse(text: &str) -> Result<Config, String> {
         let config: Config = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| line_of(text, s.start));
             let msg = e.message().trim().to_string();
-            match line {
-                Some(l) => format!("line {l}: {msg}"),
+            match e.span() {
+                // Quote the offending line itself: it names the key the message is about.
+                Some(span) => {
+                    let line = line_of(text, span.start);
+                    let source = text.lines().nth(line - 1).unwrap_or("").trim();
+                    format!("line {line}: `{source}`: {msg}")
+                }
                 None => msg,
             }
         })?;
@@ -369,6 +373,21 @@ impl Config {
                 "line {}: backends: two backends share a name",
                 find_line(text, "[[backends]]")
             ));
+        }
+        for (i, b) in self.backends.iter().enumerate() {
+            let checked: Result<(), String> = match b.kind {
+                BackendKind::Sandbox => crate::backend::sandbox::SandboxSettings::deserialize(
+                    toml::Value::Table(b.settings.clone()),
+                )
+                .map(|_| ())
+                .map_err(|e| e.message().trim().to_string()),
+            };
+            if let Err(e) = checked {
+                return Err(format!(
+                    "line {}: backends[{i}].settings: {e}",
+                    find_line(text, "[backends.settings]")
+                ));
+            }
         }
         let mut names = HashSet::new();
         let mut wildcard = 0;
@@ -532,6 +551,14 @@ mod tests {
         let err = Config::parse(&text).unwrap_err();
         let line = find_line(&text, "74951099999-7495109");
         assert!(err.contains(&format!("line {line}")), "{err}");
+    }
+
+    #[test]
+    fn bad_backend_settings_are_caught_by_check_config() {
+        let text = SANDBOX.replacen("ring_after_ms = 200", "ring_after = 200", 1);
+        let err = Config::parse(&text).unwrap_err();
+        assert!(err.contains("backends[0].settings"), "{err}");
+        assert!(err.contains("ring_after"), "{err}");
     }
 
     #[test]
