@@ -459,14 +459,17 @@ impl Config {
 
     /// The route for a destination country: the one naming it, else the `*` route.
     pub fn route_for(&self, country: &str) -> Option<&Route> {
+        self.route_index_for(country).map(|i| &self.routes[i])
+    }
+
+    /// Index into `routes` of the route for a destination country.
+    pub fn route_index_for(&self, country: &str) -> Option<usize> {
+        let named = |r: &Route| r.countries.iter().any(|c| c.eq_ignore_ascii_case(country));
+        let wildcard = |r: &Route| r.countries.iter().any(|c| c == "*");
         self.routes
             .iter()
-            .find(|r| r.countries.iter().any(|c| c.eq_ignore_ascii_case(country)))
-            .or_else(|| {
-                self.routes
-                    .iter()
-                    .find(|r| r.countries.iter().any(|c| c == "*"))
-            })
+            .position(named)
+            .or_else(|| self.routes.iter().position(wildcard))
     }
 }
 

@@ -162,7 +162,6 @@ impl Default for Clock {
 
 struct RouteState {
     name: String,
-    countries: Vec<String>,
     price: Money,
     backend: Arc<dyn Backend>,
     language: Arc<str>,
@@ -206,7 +205,9 @@ struct Shared {
     config: Arc<Config>,
     store: Store,
     clock: Clock,
+    /// Indexed like `config.routes`.
     routes: Vec<RouteState>,
+    accounts: Vec<Arc<Account>>,
     dialects: HashMap<&'static str, Arc<dyn Dialect>>,
     accepting: AtomicBool,
     control: mpsc::Sender<Control>,
@@ -262,7 +263,6 @@ impl Engine {
                 AniPool::new(&r.anis, config.pool.policy()).map_err(|e| err(e.to_string()))?;
             routes.push(RouteState {
                 name: r.name.clone(),
-                countries: r.countries.clone(),
                 price: r.price,
                 backend,
                 language: language.name.clone(),
@@ -284,6 +284,7 @@ impl Engine {
             store: parts.store,
             clock,
             routes,
+            accounts: config.accounts.iter().cloned().map(Arc::new).collect(),
             dialects: parts.dialects.into_iter().map(|d| (d.name(), d)).collect(),
             accepting: AtomicBool::new(true),
             control: control_tx,
@@ -319,7 +320,6 @@ impl Engine {
     pub fn account_by_key(&self, key: &str) -> Option<Arc<Account>> {
         // Accounts are few and keys short; a linear scan beats keeping a second index in step.
         self.shared
-            .config
             .accounts
             .iter()
             .find(|a| {
@@ -327,7 +327,7 @@ impl Engine {
                     .iter()
                     .any(|k| constant_time_eq(k.as_bytes(), key.as_bytes()))
             })
-            .map(|a| Arc::new(a.clone()))
+            .cloned()
     }
 
     /// Validates, routes, picks the ANI, charges and stores the verification, then starts the
@@ -355,14 +355,8 @@ impl Engine {
             return Err(VerifyError::NumberNotPermitted);
         }
         let route_index = s
-            .routes
-            .iter()
-            .position(|r| r.countries.iter().any(|c| c.eq_ignore_ascii_case(country)))
-            .or_else(|| {
-                s.routes
-                    .iter()
-                    .position(|r| r.countries.iter().any(|c| c == "*"))
-            })
+            .config
+            .route_index_for(country)
             .ok_or(VerifyError::NumberNotPermitted)?;
         let route = &s.routes[route_index];
         if !route.backend.is_available() {

@@ -110,7 +110,12 @@ pub struct DueDelivery {
 
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    /// Readers: several connections (WAL lets them run beside the writer).
+    read: SqlitePool,
+    /// The one writer connection. SQLite admits one writer at a time; queueing writers here, in
+    /// the async pool, is fairer and much faster than letting them collide on the database lock
+    /// and back off inside SQLite's busy handler.
+    write: SqlitePool,
 }
 
 const VERIFICATION_COLUMNS: &str = "id, call_id, account_id, dialect, method, number, ani, code, \
@@ -133,14 +138,30 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            // One in-memory database exists per connection: keep exactly one.
-            .max_connections(if memory { 1 } else { 8 })
+        if memory {
+            // One in-memory database exists per connection: readers and writer share it.
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .connect_with(options)
+                .await?;
+            sqlx::migrate!("./migrations").run(&pool).await?;
+            return Ok(Store {
+                read: pool.clone(),
+                write: pool,
+            });
+        }
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
             .min_connections(1)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        sqlx::migrate!("./migrations").run(&write).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Store { read, write })
     }
 
     /// Creates the account with its opening balance if it does not exist yet. An existing
@@ -160,7 +181,7 @@ impl Store {
         .bind(opening.0)
         .bind(currency)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&self.write)
         .await?;
         Ok(())
     }
@@ -168,7 +189,7 @@ impl Store {
     pub async fn balance(&self, account_id: &str) -> Result<(Money, String), StoreError> {
         let row = sqlx::query("SELECT balance, currency FROM accounts WHERE id = ?")
             .bind(account_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await?
             .ok_or_else(|| StoreError::UnknownAccount(account_id.to_string()))?;
         Ok((Money(row.get(0)), row.get(1)))
@@ -177,7 +198,7 @@ impl Store {
     /// Charges the price and stores the verification in one transaction; the charge is atomic
     /// under concurrent requests (the balance check is part of the UPDATE). Returns the new id.
     pub async fn accept(&self, v: &NewVerification) -> Result<i64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write.begin().await?;
         let charged =
             sqlx::query("UPDATE accounts SET balance = balance - ? WHERE id = ? AND balance >= ?")
                 .bind(v.price.0)
@@ -225,7 +246,7 @@ impl Store {
     /// Records a call's end: final status, call record and callback, in one transaction.
     /// Idempotent: a second finish of the same verification changes nothing.
     pub async fn finish(&self, f: &Finish) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write.begin().await?;
         let updated = sqlx::query(
             "UPDATE verifications SET state = 'final', outcome = ?, redirected = ?, finished_at = ?, \
              duration_ms = ? WHERE id = ? AND state <> 'final'",
@@ -277,7 +298,7 @@ impl Store {
             "SELECT {VERIFICATION_COLUMNS} FROM verifications WHERE id = ?"
         ))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await?;
         Ok(row.map(|r| verification_from_row(&r)))
     }
@@ -287,7 +308,7 @@ impl Store {
         let rows = sqlx::query(&format!(
             "SELECT {VERIFICATION_COLUMNS} FROM verifications WHERE state <> 'final' ORDER BY id"
         ))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         Ok(rows.iter().map(verification_from_row).collect())
     }
@@ -299,7 +320,7 @@ impl Store {
         lease_ms: i64,
         limit: i64,
     ) -> Result<Vec<DueDelivery>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write.begin().await?;
         let rows = sqlx::query(
             "SELECT id, delivery_id, url, body, attempts, created_at FROM outbox \
              WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= ? \
@@ -335,7 +356,7 @@ impl Store {
         sqlx::query("UPDATE outbox SET delivered_at = ?, attempts = attempts + 1, last_error = NULL WHERE id = ?")
             .bind(now_ms)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.write)
             .await?;
         Ok(())
     }
@@ -356,7 +377,7 @@ impl Store {
                 .bind(next)
                 .bind(error)
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&self.write)
                 .await?
             }
             None => {
@@ -366,7 +387,7 @@ impl Store {
                 .bind(now_ms)
                 .bind(error)
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&self.write)
                 .await?
             }
         };
@@ -378,13 +399,14 @@ impl Store {
         let row = sqlx::query(
             "SELECT MIN(next_attempt_at) FROM outbox WHERE delivered_at IS NULL AND failed_at IS NULL",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&self.read)
         .await?;
         Ok(row.get::<Option<i64>, _>(0))
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.write.close().await;
+        self.read.close().await;
     }
 }
 
