@@ -36,6 +36,14 @@ pub fn router(
             "/api/voice-password/send",
             post(voicepassword::send).fallback(voicepassword::method_not_allowed),
         )
+        .route(
+            "/api/voice-password/get/",
+            post(voicepassword::get).fallback(voicepassword::method_not_allowed),
+        )
+        .route(
+            "/api/voice-password/get",
+            post(voicepassword::get).fallback(voicepassword::method_not_allowed),
+        )
         .with_state(engine.clone());
     let ops = Router::new()
         .route("/metrics", get(metrics))

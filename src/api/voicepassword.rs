@@ -14,10 +14,12 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 
+use crate::call::cause::VOICEPASSWORD_RU_IN_PROGRESS;
 use crate::call::code::{check_capacity, Code, CLIENT_CODE_LEN};
-use crate::call::{Method, Msisdn};
+use crate::call::{Method, Msisdn, Outcome};
 use crate::config::Account;
 use crate::engine::{CodeChoice, Dialect, Engine, Report, VerifyError, VerifyRequest};
+use crate::store::Verification;
 
 pub const NAME: &str = "voicepassword";
 
@@ -413,6 +415,107 @@ async fn send_inner(
     Ok((StatusCode::OK, axum::Json(body)).into_response())
 }
 
+const GET_FIELDS: &[&str] = &["security", "request", "id", "date"];
+
+/// `POST /api/voice-password/get/`: `balance`, `state` (by id) and `daily` (by date).
+pub async fn get(
+    State(engine): State<Engine>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match get_inner(&engine, &headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn get_inner(
+    engine: &Engine,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, VpError> {
+    let (map, account) = authenticate(engine, headers, body)?;
+    if map.keys().any(|k| !GET_FIELDS.contains(&k.as_str())) {
+        return Err(VpError::UnknownRequest);
+    }
+    let offset = engine.config().server.utc_offset.0;
+    let store = engine.store();
+    let unavailable = |_| VpError::ServiceUnavailable;
+    let body = match map.get("request").and_then(Value::as_str) {
+        Some("balance") => {
+            let (balance, currency) = store.balance(&account.id).await.map_err(unavailable)?;
+            json!({"result": "ok", "balance": balance.to_string(), "currency": currency_name(&currency)})
+        }
+        Some("state") => {
+            let id: i64 = map
+                .get("id")
+                .and_then(scalar)
+                .and_then(|s| s.parse().ok())
+                .ok_or(VpError::IdNotFound)?;
+            let v = store
+                .verification(id)
+                .await
+                .map_err(unavailable)?
+                .filter(|v| v.account_id == account.id)
+                .ok_or(VpError::IdNotFound)?;
+            json!({"result": "ok", "data": statistics_row(&v, offset)})
+        }
+        Some("daily") => {
+            let date = map
+                .get("date")
+                .and_then(scalar)
+                .filter(|d| !d.is_empty())
+                .ok_or(VpError::DateIsEmpty)?;
+            let day = chrono::NaiveDate::parse_from_str(&date, "%d.%m.%Y")
+                .map_err(|_| VpError::DateIsEmpty)?;
+            let start = day
+                .and_hms_opt(0, 0, 0)
+                .and_then(|t| t.and_local_timezone(offset).single())
+                .ok_or(VpError::DateIsEmpty)?
+                .timestamp_millis();
+            let rows = store
+                .verifications_between(&account.id, start, start + 86_400_000)
+                .await
+                .map_err(unavailable)?;
+            let data: Vec<Value> = rows.iter().map(|v| statistics_row(v, offset)).collect();
+            json!({"result": "ok", "rows": data.len().to_string(), "data": data})
+        }
+        _ => return Err(VpError::UnknownRequest),
+    };
+    Ok((StatusCode::OK, axum::Json(body)).into_response())
+}
+
+/// The provider writes its currency `Rub`.
+fn currency_name(code: &str) -> String {
+    let mut c = code.to_ascii_lowercase();
+    if let Some(first) = c.get_mut(0..1) {
+        first.make_ascii_uppercase();
+    }
+    c
+}
+
+/// One verification as the statistics show it.
+pub fn statistics_row(v: &Verification, offset: chrono::FixedOffset) -> Value {
+    let secs = duration_secs(v.duration_ms.unwrap_or(0));
+    let state = match v.outcome.as_deref().and_then(Outcome::from_stored) {
+        Some(o) if v.state == "final" => o.vocabulary().voicepassword_ru,
+        _ => VOICEPASSWORD_RU_IN_PROGRESS,
+    };
+    let service = match Method::from_stored(&v.method) {
+        Some(Method::Flash) => "Flash Call",
+        _ => "Voice Password",
+    };
+    json!({
+        "id": v.id.to_string(),
+        "number": v.number,
+        "date": format_date(v.created_at_ms, offset, "%d.%m.%Y %H:%M:%S"),
+        "duration": format!("{:02}:{:02}", secs / 60, secs % 60),
+        "price": v.price.to_string(),
+        "service": service,
+        "state": state,
+    })
+}
+
 /// Unknown paths and methods under this dialect's prefix.
 pub async fn unknown() -> Response {
     let mut r = VpError::UnknownRequest.into_response();
@@ -429,7 +532,6 @@ pub async fn method_not_allowed() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::call::Outcome;
     use crate::config::Money;
 
     #[test]

@@ -303,6 +303,25 @@ impl Store {
         Ok(row.map(|r| verification_from_row(&r)))
     }
 
+    /// An account's verifications created in `[from_ms, to_ms)`, oldest first.
+    pub async fn verifications_between(
+        &self,
+        account_id: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<Verification>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {VERIFICATION_COLUMNS} FROM verifications \
+             WHERE account_id = ? AND created_at >= ? AND created_at < ? ORDER BY id"
+        ))
+        .bind(account_id)
+        .bind(from_ms)
+        .bind(to_ms)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.iter().map(verification_from_row).collect())
+    }
+
     /// Verifications not yet final (for shutdown and recovery).
     pub async fn unfinished(&self) -> Result<Vec<Verification>, StoreError> {
         let rows = sqlx::query(&format!(
