@@ -31,6 +31,8 @@ pub struct Config {
     #[serde(default)]
     pub webhooks: Webhooks,
     #[serde(default)]
+    pub mcn: Mcn,
+    #[serde(default)]
     pub accounts: Vec<Account>,
     #[serde(default)]
     pub routes: Vec<Route>,
@@ -163,6 +165,22 @@ impl Default for Webhooks {
     }
 }
 
+/// The MCN "Password Call" dialect.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mcn {
+    /// With `is_with_redirect`, how long the reply may wait for forwarding to be known.
+    pub redirect_wait_ms: u64,
+}
+
+impl Default for Mcn {
+    fn default() -> Self {
+        Mcn {
+            redirect_wait_ms: 10_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Account {
@@ -185,6 +203,17 @@ pub struct Account {
     /// Numbers never to call for this account.
     #[serde(default)]
     pub spam_list: Vec<Msisdn>,
+    /// MCN "Password call" webhook: where every MCN verification's final record is POSTed.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// Fields the MCN webhook sends, in this order (see `api::mcn::WEBHOOK_FIELDS`); all of them
+    /// when absent.
+    #[serde(default)]
+    pub webhook_fields: Option<Vec<String>>,
+    /// Secret for the `X-Callcode-Signature` header (HMAC-SHA256 of the body) on this account's
+    /// callbacks and webhooks; unsigned when absent.
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
 }
 
 fn default_currency() -> String {
@@ -212,7 +241,7 @@ pub struct Route {
     pub price: Money,
     pub backend: toml::Spanned<String>,
     /// Caller-number ranges (`first-last`) or single numbers.
-    pub anis: Vec<AniRange>,
+    pub anis: toml::Spanned<Vec<AniRange>>,
     /// Language of the voice prompts.
     #[serde(default = "default_language")]
     pub language: String,
@@ -244,13 +273,15 @@ pub struct Money(pub i64);
 
 impl FromStr for Money {
     type Err = String;
+    /// Non-negative amounts only: a negative price would credit the account.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("`{s}` is not an amount like 0.35");
-        let (neg, s2) = match s.trim().strip_prefix('-') {
-            Some(rest) => (true, rest),
-            None => (false, s.trim()),
+        let bad = || {
+            format!(
+                "`{s}` is not an amount like 0.35 (at most 15 digits, two decimals, not negative)"
+            )
         };
-        let (units, frac) = s2.split_once('.').unwrap_or((s2, ""));
+        let t = s.trim();
+        let (units, frac) = t.split_once('.').unwrap_or((t, ""));
         if units.is_empty() || !units.bytes().all(|b| b.is_ascii_digit()) || units.len() > 15 {
             return Err(bad());
         }
@@ -259,8 +290,7 @@ impl FromStr for Money {
         }
         let units: i64 = units.parse().map_err(|_| bad())?;
         let cents: i64 = format!("{frac:0<2}").parse().map_err(|_| bad())?;
-        let v = units * 100 + cents;
-        Ok(Money(if neg { -v } else { v }))
+        Ok(Money(units * 100 + cents))
     }
 }
 
@@ -283,7 +313,7 @@ impl<'de> Deserialize<'de> for Money {
         }
         match Raw::deserialize(d)? {
             Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
-            Raw::I(i) => Ok(Money(i * 100)),
+            Raw::I(i) => i.to_string().parse().map_err(serde::de::Error::custom),
             Raw::F(f) => format!("{f}").parse().map_err(serde::de::Error::custom),
         }
     }
@@ -406,10 +436,16 @@ impl Config {
                     r.backend.get_ref()
                 ));
             }
-            if r.anis.is_empty() {
+            if r.anis.get_ref().is_empty() {
                 return Err(format!(
                     "line {}: routes[{i}].anis: a route needs at least one caller number",
                     find_line(text, &format!("\"{}\"", r.name))
+                ));
+            }
+            if let Err(e) = crate::pool::AniPool::new(r.anis.get_ref(), self.pool.policy()) {
+                return Err(format!(
+                    "line {}: routes[{i}].anis: {e}",
+                    line_of(text, r.anis.span().start)
                 ));
             }
             if r.countries.iter().any(|c| c == "*") {
@@ -438,6 +474,25 @@ impl Config {
                     find_line(text, &format!("\"{}\"", a.id)),
                     a.id
                 ));
+            }
+            if let Some(url) = &a.webhook_url {
+                let ok = reqwest::Url::parse(url)
+                    .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+                if !ok {
+                    return Err(format!(
+                        "line {}: accounts[{i}].webhook_url: `{url}` is not an http(s) URL",
+                        find_line(text, url)
+                    ));
+                }
+            }
+            for f in a.webhook_fields.iter().flatten() {
+                if !crate::api::mcn::WEBHOOK_FIELDS.contains(&f.as_str()) {
+                    return Err(format!(
+                        "line {}: accounts[{i}].webhook_fields: unknown field `{f}`; known: {}",
+                        find_line(text, &format!("\"{f}\"")),
+                        crate::api::mcn::WEBHOOK_FIELDS.join(", ")
+                    ));
+                }
             }
             for k in &a.api_keys {
                 if k.is_empty() || !keys.insert(k.as_str()) {
@@ -513,8 +568,29 @@ mod tests {
         assert_eq!("100".parse::<Money>().unwrap(), Money(10000));
         assert_eq!(Money(35).to_string(), "0.35");
         assert_eq!(Money(-5).to_string(), "-0.05");
+        // Whole numbers go through the same checks as strings: no overflow, no negatives.
+        let c: Result<Config, _> = Config::parse(&SANDBOX.replacen(
+            "balance = \"100.00\"",
+            "balance = 999999999999999999",
+            1,
+        ));
+        assert!(c.is_err());
+        let c: Result<Config, _> =
+            Config::parse(&SANDBOX.replacen("price = \"0.35\"", "price = -1", 1));
+        assert!(c.is_err());
+        let c = Config::parse(&SANDBOX.replacen("price = \"0.35\"", "price = 2", 1)).unwrap();
+        assert_eq!(c.routes[0].price, Money(200));
         assert_eq!(Money(10000).to_string(), "100.00");
-        for bad in ["", "1.234", "abc", "1,5", ".5", "1e3"] {
+        for bad in [
+            "",
+            "1.234",
+            "abc",
+            "1,5",
+            ".5",
+            "1e3",
+            "-0.35",
+            "9999999999999999",
+        ] {
             assert!(bad.parse::<Money>().is_err(), "{bad}");
         }
     }
@@ -554,6 +630,21 @@ mod tests {
         let err = Config::parse(&text).unwrap_err();
         let line = find_line(&text, "74951099999-7495109");
         assert!(err.contains(&format!("line {line}")), "{err}");
+    }
+
+    #[test]
+    fn overlapping_ani_ranges_name_their_line() {
+        let text = SANDBOX.replacen(
+            "anis = [\"3612340000-3612349999\"]",
+            "anis = [\"3612340000-3612349999\", \"3612340005\"]",
+            1,
+        );
+        let err = Config::parse(&text).unwrap_err();
+        let line = find_line(&text, "\"3612340005\"");
+        assert!(
+            err.contains(&format!("line {line}: routes[1].anis")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -68,8 +68,11 @@ pub enum CodeChoice {
     /// The code is the last `len` digits of the ANI (flash call with a generated code, or voice
     /// without a code).
     AniSuffix { len: usize },
-    /// The client's code: for a flash call the ANI must end in it; for voice it is spoken.
-    Given(Code),
+    /// The client's code, carried by the ANI: the ANI must end in it (flash call with a client
+    /// code; MCN password call with `verification_code`).
+    OnAni(Code),
+    /// The client's code, only spoken: any ANI (voice password with `voice.code`).
+    Spoken(Code),
 }
 
 /// A dialect-neutral verification request.
@@ -85,10 +88,12 @@ pub struct VerifyRequest {
     pub repeat: bool,
     pub check_redirect: bool,
     pub callback_url: Option<String>,
+    /// Report in `Accepted::redirect` once forwarding is known (MCN's `is_redirect`).
+    pub watch_redirect: bool,
 }
 
 /// What the dialect replies with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Accepted {
     pub id: i64,
     pub call_id: CallId,
@@ -96,6 +101,9 @@ pub struct Accepted {
     pub ani: Msisdn,
     pub code: Code,
     pub price: Money,
+    /// With `watch_redirect`: resolves to whether the call is forwarded, once that is known (first
+    /// provisional answer, forwarding signal, answer or end of call).
+    pub redirect: Option<oneshot::Receiver<bool>>,
 }
 
 /// The end of a verification, for a dialect to render as its callback.
@@ -184,6 +192,7 @@ struct NewCall {
     dialect: &'static str,
     callback_url: Option<String>,
     spec: CallSpec,
+    redirect_watch: Option<oneshot::Sender<bool>>,
 }
 
 struct LiveCall {
@@ -259,15 +268,15 @@ impl Engine {
                 .sounds
                 .language(&r.language)
                 .ok_or_else(|| err(format!("no prompts for language {}", r.language)))?;
-            let pool =
-                AniPool::new(&r.anis, config.pool.policy()).map_err(|e| err(e.to_string()))?;
+            let pool = AniPool::new(r.anis.get_ref(), config.pool.policy())
+                .map_err(|e| err(e.to_string()))?;
             routes.push(RouteState {
                 name: r.name.clone(),
                 price: r.price,
                 backend,
                 language: language.name.clone(),
                 prompt_ms: language.durations_ms(),
-                anis: r.anis.clone(),
+                anis: r.anis.get_ref().clone(),
                 pool: Mutex::new(pool),
             });
         }
@@ -371,17 +380,23 @@ impl Engine {
         // ANI and code.
         let now = Instant::now();
         let (ani, lease, code) = match (req.ani, req.code) {
-            (Some(ani), CodeChoice::Given(code)) => (ani, None, code),
+            (Some(ani), CodeChoice::Spoken(code)) => (ani, None, code),
+            (Some(ani), CodeChoice::OnAni(code)) => {
+                if ani.suffix(code.len() as u32) != code.value() {
+                    return Err(VerifyError::CodeInvalid);
+                }
+                (ani, None, code)
+            }
             (Some(ani), CodeChoice::AniSuffix { len }) => {
                 let code =
                     Code::from_suffix(ani.value(), len).map_err(|_| VerifyError::CodeInvalid)?;
                 (ani, None, code)
             }
             (None, choice) => {
-                let want = match (choice, req.method) {
-                    (CodeChoice::Given(code), Method::Flash) => Want::Suffix(code),
-                    (CodeChoice::Given(_), Method::Voice) => Want::Any,
-                    (CodeChoice::AniSuffix { .. }, _) => Want::RandomSuffix,
+                let want = match choice {
+                    CodeChoice::OnAni(code) => Want::Suffix(code),
+                    CodeChoice::Spoken(_) => Want::Any,
+                    CodeChoice::AniSuffix { .. } => Want::RandomSuffix,
                 };
                 let lease = {
                     let mut pool = route.pool.lock().unwrap_or_else(|e| e.into_inner());
@@ -397,7 +412,7 @@ impl Engine {
                     }
                 };
                 let code = match choice {
-                    CodeChoice::Given(code) => code,
+                    CodeChoice::OnAni(code) | CodeChoice::Spoken(code) => code,
                     CodeChoice::AniSuffix { len } => match lease.code(len) {
                         Some(c) => c,
                         None => {
@@ -445,7 +460,14 @@ impl Engine {
         };
         metrics::counter!("callcode_verifications_accepted_total", "dialect" => req.dialect, "method" => req.method.as_str()).increment(1);
 
+        let (redirect_tx, redirect_rx) = if req.watch_redirect {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         let call = NewCall {
+            redirect_watch: redirect_tx,
             call_id,
             verification_id: id,
             account_id: account.id.clone(),
@@ -482,6 +504,7 @@ impl Engine {
             ani,
             code,
             price: route.price,
+            redirect: redirect_rx,
         })
     }
 
@@ -779,6 +802,11 @@ impl Loop {
         let before = live.machine.deadline();
         let actions = step(&mut live.machine, now);
         let after = live.machine.deadline();
+        if live.machine.redirect_known() {
+            if let Some(tx) = live.info.redirect_watch.take() {
+                let _ = tx.send(live.machine.redirected());
+            }
+        }
         if let Some(at) = after {
             if Some(at) != before {
                 self.timers.push(Reverse((at, id)));

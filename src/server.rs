@@ -60,9 +60,15 @@ pub async fn start_engine(
     }
     drop(events_tx);
     let outbox = Arc::new(Notify::new());
-    let dialects: Vec<Arc<dyn Dialect>> = vec![Arc::new(api::voicepassword::VoicePassword {
-        offset: config.server.utc_offset.0,
-    })];
+    let dialects: Vec<Arc<dyn Dialect>> = vec![
+        Arc::new(api::voicepassword::VoicePassword {
+            offset: config.server.utc_offset.0,
+        }),
+        Arc::new(api::mcn::McnDialect {
+            offset: config.server.utc_offset.0,
+            accounts: config.accounts.clone(),
+        }),
+    ];
     let engine = Engine::start(EngineParts {
         config,
         store,

@@ -26,11 +26,12 @@ fn request(engine: &Engine, number: &str, method: Method, check_redirect: bool) 
         dialect: "voicepassword",
         number: number.into(),
         method,
-        code: CodeChoice::Given(Code::parse_client("1234").unwrap()),
+        code: CodeChoice::OnAni(Code::parse_client("1234").unwrap()),
         ani: None,
         repeat: false,
         check_redirect,
         callback_url: None,
+        watch_redirect: true,
     }
 }
 

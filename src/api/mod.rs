@@ -4,12 +4,13 @@
 //! Handlers translate and nothing more; a request that does not fit a dialect gets that dialect's
 //! error shape with a 4xx status, never a 500 or a panic. Unknown paths and wrong methods too.
 
+pub mod mcn;
 pub mod voicepassword;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -45,12 +46,20 @@ pub fn router(
             post(voicepassword::get).fallback(voicepassword::method_not_allowed),
         )
         .with_state(engine.clone());
+    let mcn = Router::new()
+        .route(
+            "/api/protected/api/auth/passwordcall",
+            post(mcn::passwordcall).fallback(mcn::method_not_allowed),
+        )
+        .route("/api/protected/{*rest}", any(mcn::unknown))
+        .with_state(engine.clone());
     let ops = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(MetricsState { engine, prometheus });
     Router::new()
         .merge(voicepassword)
+        .merge(mcn)
         .merge(ops)
         .fallback(voicepassword::unknown)
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -371,7 +371,7 @@ async fn send_inner(
             }
         };
         let choice = match code {
-            Some(c) => CodeChoice::Given(c),
+            Some(c) => CodeChoice::Spoken(c),
             None => CodeChoice::AniSuffix {
                 len: CLIENT_CODE_LEN,
             },
@@ -385,7 +385,7 @@ async fn send_inner(
             return Err(VpError::UnknownRequest);
         }
         let code = client_code(f.get("code"))?.ok_or(VpError::CodeNotValid)?;
-        (Method::Flash, CodeChoice::Given(code), None, false)
+        (Method::Flash, CodeChoice::OnAni(code), None, false)
     } else {
         let len = capacity.unwrap_or(CLIENT_CODE_LEN);
         (Method::Flash, CodeChoice::AniSuffix { len }, None, false)
@@ -402,6 +402,7 @@ async fn send_inner(
             repeat,
             check_redirect: false,
             callback_url,
+            watch_redirect: false,
         })
         .await
         .map_err(|e| VpError::from_verify(&e))?;

@@ -177,6 +177,20 @@ impl Machine {
         self.state == State::Done
     }
 
+    /// Forwarding has been detected.
+    pub fn redirected(&self) -> bool {
+        self.redirected
+    }
+
+    /// Whether forwarding is known by now: the far end gave a provisional answer (forwarding
+    /// signals come before or with it), answered, or the call ended.
+    pub fn redirect_known(&self) -> bool {
+        self.redirected
+            || self.progress_at.is_some()
+            || self.answered_at.is_some()
+            || self.state == State::Done
+    }
+
     /// Answered and not yet over (for shutdown accounting).
     pub fn is_answered(&self) -> bool {
         self.answered_at.is_some()
