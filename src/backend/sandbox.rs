@@ -303,7 +303,12 @@ mod tests {
         assert_eq!(script("79990000181"), Script::ForwardThenAnswer);
         assert_eq!(script("79991234567"), Script::Answer);
         // Only the last four digits count.
-        assert_eq!(script("79990010017"), Script::Answer);
+        assert_eq!(
+            script("79995550017"),
+            Script::RingThenFail { q850: 17, sip: 486 }
+        );
+        assert_eq!(script("79990001700"), Script::Answer);
+        assert_eq!(script("79990011810"), Script::Answer);
     }
 
     #[test]
