@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, info_span, warn, Instrument, Span};
+use tracing::{debug, info, info_span, warn, Span};
 
 use crate::backend::{Backend, BackendEvent, CallEvent, Command, Hangup, Originate};
 use crate::call::machine::{Action, CallSpec, Final, Timings};
@@ -302,8 +302,14 @@ impl Engine {
         });
         let engine = Engine { shared };
         engine.recover().await?;
+        let (finish_tx, finish_rx) = mpsc::unbounded_channel();
+        engine
+            .shared
+            .writes
+            .spawn(write_records(engine.shared.clone(), finish_rx));
         let run = Loop {
             shared: engine.shared.clone(),
+            finishes: finish_tx,
             timings: config.timings.timings(),
             calls: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -642,6 +648,35 @@ fn ranges_have_suffix(ranges: &[AniRange], code: Code) -> bool {
     })
 }
 
+/// Writes call ends in batches (one transaction for whatever queued up meanwhile), retrying
+/// failures: a record and its callback must not be lost.
+async fn write_records(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Finish>) {
+    let mut batch = Vec::with_capacity(256);
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        let mut delay = Duration::from_millis(50);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match shared.store.finish_many(&batch).await {
+                Ok(()) => break,
+                Err(e) if attempt < 20 => {
+                    warn!(attempt, error = %e, records = batch.len(), "could not store call ends; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    warn!(error = %e, "giving up storing call ends; recovery will finish them at the next start");
+                    break;
+                }
+            }
+        }
+        if batch.iter().any(|f| f.callback.is_some()) {
+            shared.outbox.notify_one();
+        }
+        batch.clear();
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -652,6 +687,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// The engine loop's state. Only the loop touches it.
 struct Loop {
     shared: Arc<Shared>,
+    /// To the record writer; dropped with the loop, which lets the writer drain and stop.
+    finishes: mpsc::UnboundedSender<Finish>,
     timings: Timings,
     calls: HashMap<CallId, LiveCall>,
     timers: BinaryHeap<Reverse<(Instant, CallId)>>,
@@ -917,7 +954,6 @@ impl Loop {
             info.callback_url.as_deref(),
             &report,
         );
-        let has_callback = callback.is_some();
         let finish = Finish {
             verification_id: info.verification_id,
             call_id: info.call_id.to_string(),
@@ -943,30 +979,9 @@ impl Loop {
             duration_ms,
             callback,
         };
-        let shared = self.shared.clone();
-        self.shared.writes.spawn(
-            async move {
-                // A write that fails is retried: the record and its callback must not be lost.
-                let mut delay = Duration::from_millis(50);
-                for attempt in 1..=20 {
-                    match shared.store.finish(&finish).await {
-                        Ok(()) => {
-                            if has_callback {
-                                shared.outbox.notify_one();
-                            }
-                            return;
-                        }
-                        Err(e) => {
-                            warn!(attempt, error = %e, "could not store a call's end; retrying");
-                            tokio::time::sleep(delay).await;
-                            delay = (delay * 2).min(Duration::from_secs(5));
-                        }
-                    }
-                }
-                warn!("giving up storing a call's end; recovery will finish it at the next start");
-            }
-            .instrument(live.span.clone()),
-        );
+        if self.finishes.send(finish).is_err() {
+            warn!("the record writer stopped; recovery will finish this call at the next start");
+        }
     }
 }
 

@@ -21,12 +21,18 @@ async fn engine() -> Engine {
 }
 
 fn request(engine: &Engine, number: &str, method: Method, check_redirect: bool) -> VerifyRequest {
+    // One ANI per 4-digit suffix, cooling down per destination: a code per method.
+    let code = if method == Method::Flash {
+        "1234"
+    } else {
+        "5678"
+    };
     VerifyRequest {
         account: engine.account_by_key("demo-key").expect("demo account"),
         dialect: "voicepassword",
         number: number.into(),
         method,
-        code: CodeChoice::OnAni(Code::parse_client("1234").unwrap()),
+        code: CodeChoice::OnAni(Code::parse_client(code).unwrap()),
         ani: None,
         repeat: false,
         check_redirect,

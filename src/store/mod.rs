@@ -246,48 +246,15 @@ impl Store {
     /// Records a call's end: final status, call record and callback, in one transaction.
     /// Idempotent: a second finish of the same verification changes nothing.
     pub async fn finish(&self, f: &Finish) -> Result<(), StoreError> {
+        self.finish_many(std::slice::from_ref(f)).await
+    }
+
+    /// Several call ends in one transaction: the engine batches them so that finishing calls does
+    /// not compete statement by statement with accepting new ones on the single writer.
+    pub async fn finish_many(&self, items: &[Finish]) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE verifications SET state = 'final', outcome = ?, redirected = ?, finished_at = ?, \
-             duration_ms = ? WHERE id = ? AND state <> 'final'",
-        )
-        .bind(f.outcome)
-        .bind(f.redirected)
-        .bind(f.ended_at_ms)
-        .bind(f.duration_ms)
-        .bind(f.verification_id)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            return Ok(());
-        }
-        sqlx::query(
-            "INSERT INTO call_records (call_id, verification_id, backend, ani, destination, started_at, \
-             progress_at, answered_at, ended_at, q850, sip_status, ended_by, outcome, redirected, \
-             redirect_to, prompts_played, hangup_unconfirmed) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&f.call_id)
-        .bind(f.verification_id)
-        .bind(&f.backend)
-        .bind(&f.ani)
-        .bind(&f.destination)
-        .bind(f.started_at_ms)
-        .bind(f.progress_at_ms)
-        .bind(f.answered_at_ms)
-        .bind(f.ended_at_ms)
-        .bind(i64::from(f.q850))
-        .bind(f.sip_status.map(i64::from))
-        .bind(f.ended_by)
-        .bind(f.outcome)
-        .bind(f.redirected)
-        .bind(&f.redirect_to)
-        .bind(i64::from(f.prompts_played))
-        .bind(f.hangup_unconfirmed)
-        .execute(&mut *tx)
-        .await?;
-        if let Some(cb) = &f.callback {
-            insert_outbox(&mut tx, Some(f.verification_id), cb, f.ended_at_ms).await?;
+        for f in items {
+            finish_in(&mut tx, f).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -427,6 +394,56 @@ impl Store {
         self.write.close().await;
         self.read.close().await;
     }
+}
+
+/// Records one call's end inside `tx`. Idempotent: a verification already final is left alone.
+async fn finish_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    f: &Finish,
+) -> Result<(), StoreError> {
+    let updated = sqlx::query(
+        "UPDATE verifications SET state = 'final', outcome = ?, redirected = ?, finished_at = ?, \
+             duration_ms = ? WHERE id = ? AND state <> 'final'",
+    )
+    .bind(f.outcome)
+    .bind(f.redirected)
+    .bind(f.ended_at_ms)
+    .bind(f.duration_ms)
+    .bind(f.verification_id)
+    .execute(&mut **tx)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Ok(());
+    }
+    sqlx::query(
+            "INSERT INTO call_records (call_id, verification_id, backend, ani, destination, started_at, \
+             progress_at, answered_at, ended_at, q850, sip_status, ended_by, outcome, redirected, \
+             redirect_to, prompts_played, hangup_unconfirmed) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&f.call_id)
+        .bind(f.verification_id)
+        .bind(&f.backend)
+        .bind(&f.ani)
+        .bind(&f.destination)
+        .bind(f.started_at_ms)
+        .bind(f.progress_at_ms)
+        .bind(f.answered_at_ms)
+        .bind(f.ended_at_ms)
+        .bind(i64::from(f.q850))
+        .bind(f.sip_status.map(i64::from))
+        .bind(f.ended_by)
+        .bind(f.outcome)
+        .bind(f.redirected)
+        .bind(&f.redirect_to)
+        .bind(i64::from(f.prompts_played))
+        .bind(f.hangup_unconfirmed)
+        .execute(&mut **tx)
+        .await?;
+    if let Some(cb) = &f.callback {
+        insert_outbox(tx, Some(f.verification_id), cb, f.ended_at_ms).await?;
+    }
+    Ok(())
 }
 
 async fn insert_outbox(
