@@ -627,10 +627,18 @@ fn callback_item(
 ) -> Option<OutboxItem> {
     let url = url?;
     let d = shared.dialects.get(dialect)?;
+    let body = d.callback_body(report);
+    let signature = shared
+        .accounts
+        .iter()
+        .find(|a| a.id == report.account_id)
+        .and_then(|a| a.webhook_secret.as_deref())
+        .map(|secret| crate::webhook::sign(secret, &body));
     Some(OutboxItem {
         delivery_id: uuid::Uuid::new_v4().to_string(),
         url: url.to_string(),
-        body: d.callback_body(report),
+        body,
+        signature,
     })
 }
 

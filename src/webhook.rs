@@ -20,6 +20,18 @@ use crate::store::{DueDelivery, Store};
 
 /// Header carrying the delivery id, identical on every retry of the same callback.
 pub const DELIVERY_HEADER: &str = "X-Callcode-Delivery";
+/// Header carrying `sha256=<hex HMAC-SHA256 of the body>` for accounts with a webhook secret.
+pub const SIGNATURE_HEADER: &str = "X-Callcode-Signature";
+
+/// The signature header's value for `body` under `secret`.
+pub fn sign(secret: &str, body: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(body.as_bytes());
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
 /// Header carrying the attempt number (1 for the first).
 pub const ATTEMPT_HEADER: &str = "X-Callcode-Attempt";
 
@@ -104,9 +116,11 @@ impl Worker {
 
     async fn deliver(&self, d: DueDelivery) {
         let attempt = d.attempts + 1;
-        let result = self
-            .http
-            .post(&d.url)
+        let mut request = self.http.post(&d.url);
+        if let Some(sig) = &d.signature {
+            request = request.header(SIGNATURE_HEADER, sig);
+        }
+        let result = request
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(DELIVERY_HEADER, &d.delivery_id)
             .header(ATTEMPT_HEADER, attempt.to_string())
@@ -148,6 +162,15 @@ impl Worker {
 mod tests {
     use super::*;
     use rand::{rngs::StdRng, SeedableRng};
+
+    #[test]
+    fn signature_is_hmac_sha256_hex() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            sign("Jefe", "what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_and_is_capped() {

@@ -27,6 +27,7 @@ id = "400004"
 api_keys = ["mcn-token"]
 balance = "10.00"
 webhook_url = "{url}"
+webhook_secret = "s3cret"
 webhook_fields = ["verification_call_uuid", "q931_status", "final_status", "reason", "caller_number", "phone_number", "duration"]
 "#
     )
@@ -58,7 +59,20 @@ async fn password_call_with_a_code_comes_from_an_ani_ending_in_it_and_reports_by
     assert_eq!(hex.len(), 12);
     assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()));
 
-    let cb = receiver.next(15).await.body;
+    let received = receiver.next(15).await;
+    let cb = received.body;
+    // Signed with the account's secret: HMAC-SHA256 over the exact body.
+    let signature = received
+        .headers
+        .get("x-callcode-signature")
+        .expect("signed")
+        .to_str()
+        .unwrap();
+    assert_eq!(
+        signature,
+        callcode::webhook::sign("s3cret", &cb.to_string())
+    );
+    assert_ne!(signature, callcode::webhook::sign("other", &cb.to_string()));
     let keys: Vec<&str> = cb.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(
         keys,

@@ -95,6 +95,8 @@ pub struct OutboxItem {
     pub delivery_id: String,
     pub url: String,
     pub body: String,
+    /// `sha256=<hex>` of the body under the account's webhook secret, when it has one.
+    pub signature: Option<String>,
 }
 
 /// A callback due for delivery.
@@ -106,6 +108,7 @@ pub struct DueDelivery {
     pub body: String,
     pub attempts: i64,
     pub created_at_ms: i64,
+    pub signature: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -308,7 +311,7 @@ impl Store {
     ) -> Result<Vec<DueDelivery>, StoreError> {
         let mut tx = self.write.begin().await?;
         let rows = sqlx::query(
-            "SELECT id, delivery_id, url, body, attempts, created_at FROM outbox \
+            "SELECT id, delivery_id, url, body, attempts, created_at, signature FROM outbox \
              WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= ? \
              ORDER BY next_attempt_at LIMIT ?",
         )
@@ -325,6 +328,7 @@ impl Store {
                 body: r.get(3),
                 attempts: r.get(4),
                 created_at_ms: r.get(5),
+                signature: r.get(6),
             })
             .collect();
         for d in &due {
@@ -453,8 +457,8 @@ async fn insert_outbox(
     now_ms: i64,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO outbox (delivery_id, verification_id, url, body, created_at, next_attempt_at) \
-         VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO outbox (delivery_id, verification_id, url, body, created_at, next_attempt_at, signature) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&item.delivery_id)
     .bind(verification_id)
@@ -462,6 +466,7 @@ async fn insert_outbox(
     .bind(&item.body)
     .bind(now_ms)
     .bind(now_ms)
+    .bind(&item.signature)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -602,6 +607,7 @@ mod tests {
                 delivery_id: "d1".into(),
                 url: "http://127.0.0.1:1/cb".into(),
                 body: "{}".into(),
+                signature: None,
             }),
         }
     }
