@@ -268,3 +268,47 @@ async fn password_call_errors() {
     .await;
     assert_eq!((s, r["error"].as_str()), (402, Some("insufficient_funds")));
 }
+
+#[tokio::test]
+async fn account_and_direction_errors() {
+    let accounts = r#"
+[[accounts]]
+id = "400005"
+api_keys = ["off-token"]
+disabled = true
+
+[[accounts]]
+id = "400006"
+api_keys = ["ru-token"]
+balance = "10.00"
+allowed_countries = ["RU"]
+spam_list = ["79990002222"]
+"#;
+    let server = Server::start(&sandbox_config(accounts, FAST, 5)).await;
+    let cases = [
+        ("off-token", "79991234567", 403, "account_disabled"),
+        ("ru-token", "4915112345678", 403, "direction_not_permitted"),
+        ("ru-token", "79990002222", 403, "number_in_spam_list"),
+    ];
+    for (token, number, status, code) in cases {
+        let (s, r) = passwordcall(&server, Some(token), json!({"phone_number": number})).await;
+        assert_eq!(
+            (s, r["ok"].as_bool(), r["error"].as_str()),
+            (status, Some(false), Some(code)),
+            "{number}"
+        );
+    }
+    let resp = server
+        .http
+        .get(server.url("/api/protected/api/auth/passwordcall"))
+        .header("Authorization", "Bearer ru-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 405);
+    let r: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (r["ok"].as_bool(), r["error"].as_str()),
+        (Some(false), Some("method_not_allowed"))
+    );
+}
