@@ -301,21 +301,21 @@ impl Engine {
             writes: TaskTracker::new(),
         });
         let engine = Engine { shared };
-        engine.recover().await?;
-        let (finish_tx, finish_rx) = mpsc::unbounded_channel();
+        let (records_tx, records_rx) = mpsc::unbounded_channel();
         engine
             .shared
             .writes
-            .spawn(write_records(engine.shared.clone(), finish_rx));
+            .spawn(write_records(engine.shared.clone(), records_rx));
         let run = Loop {
             shared: engine.shared.clone(),
-            finishes: finish_tx,
+            records: records_tx,
             timings: config.timings.timings(),
             calls: HashMap::new(),
             timers: BinaryHeap::new(),
             shutdown: None,
         };
         tokio::spawn(run.run(control_rx, parts.events));
+        engine.recover().await?;
         Ok(engine)
     }
 
@@ -557,6 +557,21 @@ impl Engine {
     async fn recover(&self) -> Result<(), StoreError> {
         let s = &self.shared;
         for v in s.store.unfinished().await? {
+            if v.state == "accepted" {
+                // Stored but never handed to a backend: place the call now.
+                match self.rebuild(&v) {
+                    Some(call) => {
+                        warn!(id = v.id, "verification accepted before a crash and never dialled; dialling it now");
+                        if s.control.send(Control::Start(Box::new(call))).await.is_ok() {
+                            continue;
+                        }
+                    }
+                    None => warn!(
+                        id = v.id,
+                        "cannot rebuild an undialled verification; closing it"
+                    ),
+                }
+            }
             let now_ms = s.clock.now_ms();
             let report = Report {
                 verification_id: v.id,
@@ -609,6 +624,38 @@ impl Engine {
         Ok(())
     }
 
+    /// The call of a stored verification, for recovery. `None` if the configuration no longer
+    /// has its route or the row is unreadable.
+    fn rebuild(&self, v: &crate::store::Verification) -> Option<NewCall> {
+        let s = &self.shared;
+        let route_index = s.config.routes.iter().position(|r| r.name == v.route)?;
+        let route = &s.routes[route_index];
+        let code = Code::parse_len(&v.code, v.code.len()).ok()?;
+        let dialect = s.dialects.keys().copied().find(|d| *d == v.dialect)?;
+        Some(NewCall {
+            call_id: v.call_id.parse().ok()?,
+            verification_id: v.id,
+            account_id: v.account_id.clone(),
+            route: route_index,
+            lease: None,
+            destination: v.number.parse().ok()?,
+            ani: v.ani.parse().ok()?,
+            code,
+            price: v.price,
+            dialect,
+            callback_url: v.callback_url.clone(),
+            spec: CallSpec {
+                method: Method::from_stored(&v.method)?,
+                code,
+                repeat: v.repeat,
+                check_redirect: v.check_redirect,
+                timings: s.config.timings.timings(),
+                prompt_ms: route.prompt_ms,
+            },
+            redirect_watch: None,
+        })
+    }
+
     fn callback_item(
         &self,
         dialect: &str,
@@ -658,30 +705,50 @@ fn ranges_have_suffix(ranges: &[AniRange], code: Code) -> bool {
 
 /// Writes call ends in batches (one transaction for whatever queued up meanwhile), retrying
 /// failures: a record and its callback must not be lost.
-async fn write_records(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Finish>) {
+/// What the loop asks the record writer to store.
+enum Record {
+    /// The call was handed to its backend.
+    Dialled(i64),
+    Finished(Finish),
+}
+
+async fn write_records(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Record>) {
     let mut batch = Vec::with_capacity(256);
+    let mut dialled = Vec::with_capacity(256);
+    let mut finished = Vec::with_capacity(256);
     while rx.recv_many(&mut batch, 256).await > 0 {
+        for r in batch.drain(..) {
+            match r {
+                Record::Dialled(id) => dialled.push(id),
+                Record::Finished(f) => finished.push(f),
+            }
+        }
         let mut delay = Duration::from_millis(50);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match shared.store.finish_many(&batch).await {
+            let result = match shared.store.mark_dialled(&dialled).await {
+                Ok(()) => shared.store.finish_many(&finished).await,
+                Err(e) => Err(e),
+            };
+            match result {
                 Ok(()) => break,
                 Err(e) if attempt < 20 => {
-                    warn!(attempt, error = %e, records = batch.len(), "could not store call ends; retrying");
+                    warn!(attempt, error = %e, records = finished.len(), "could not store call records; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
                 Err(e) => {
-                    warn!(error = %e, "giving up storing call ends; recovery will finish them at the next start");
+                    warn!(error = %e, "giving up storing call records; recovery will finish them at the next start");
                     break;
                 }
             }
         }
-        if batch.iter().any(|f| f.callback.is_some()) {
+        if finished.iter().any(|f| f.callback.is_some()) {
             shared.outbox.notify_one();
         }
-        batch.clear();
+        dialled.clear();
+        finished.clear();
     }
 }
 
@@ -696,7 +763,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 struct Loop {
     shared: Arc<Shared>,
     /// To the record writer; dropped with the loop, which lets the writer drain and stop.
-    finishes: mpsc::UnboundedSender<Finish>,
+    records: mpsc::UnboundedSender<Record>,
     timings: Timings,
     calls: HashMap<CallId, LiveCall>,
     timers: BinaryHeap<Reverse<(Instant, CallId)>>,
@@ -909,6 +976,10 @@ impl Loop {
             } else {
                 self.drive(id, |m, now| m.abandon(Outcome::Interrupted, now));
             }
+        } else if is_originate {
+            let _ = self
+                .records
+                .send(Record::Dialled(live.info.verification_id));
         }
     }
 
@@ -987,7 +1058,7 @@ impl Loop {
             duration_ms,
             callback,
         };
-        if self.finishes.send(finish).is_err() {
+        if self.records.send(Record::Finished(finish)).is_err() {
             warn!("the record writer stopped; recovery will finish this call at the next start");
         }
     }

@@ -55,6 +55,57 @@ async fn kill_9_mid_call_then_restart_delivers_an_interrupted_callback() {
     assert_eq!(balance.as_deref(), Some("9965"));
 }
 
+#[tokio::test]
+async fn a_verification_stored_but_never_dialled_is_dialled_after_restart() {
+    let server = Server::start(&sandbox_config("", FAST, 5)).await;
+    let receiver = Receiver::start(0).await;
+    let (status, reply) = server
+        .send(json!({"number": "79990000017", "voice": {"code": "4821"}, "callback_url": receiver.url()}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(receiver.next(15).await.body["state"], "BUSY");
+    let id: i64 = reply["id"].as_str().unwrap().parse().unwrap();
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let (dir, config_path, db) = (
+        server.dir.clone(),
+        server.config_path.clone(),
+        server.db_path(),
+    );
+    drop(server);
+    // Rewind the row to the moment between its commit and its dial, as a crash there leaves it.
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        for sql in [
+            "DELETE FROM outbox",
+            "DELETE FROM call_records",
+            "UPDATE verifications SET state = 'accepted', outcome = NULL, finished_at = NULL, duration_ms = NULL",
+        ] {
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        }
+    }
+    let _server = Server::start_in(dir, config_path).await;
+    // Dialled again: the sandbox's busy number answers busy, not "interrupted".
+    let cb = receiver.next(15).await.body;
+    assert_eq!(cb["id"], reply["id"]);
+    assert_eq!(cb["state"], "BUSY");
+    assert_eq!(
+        db_value(&db, "SELECT outcome FROM verifications WHERE id = ?", id)
+            .await
+            .as_deref(),
+        Some("busy")
+    );
+    let balance = db_value(&db, "SELECT balance FROM accounts WHERE ? = 1", 1).await;
+    assert_eq!(balance.as_deref(), Some("9965"), "not charged again");
+}
+
 fn random_value(rng: &mut impl Rng, depth: u32) -> Value {
     match rng.random_range(0..if depth > 2 { 5 } else { 7 }) {
         0 => Value::Null,

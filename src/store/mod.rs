@@ -64,6 +64,9 @@ pub struct Verification {
     pub created_at_ms: i64,
     pub finished_at_ms: Option<i64>,
     pub duration_ms: Option<i64>,
+    pub repeat: bool,
+    pub check_redirect: bool,
+    pub route: String,
 }
 
 /// The end of a call: verification status, call record and optional callback, written together.
@@ -122,7 +125,8 @@ pub struct Store {
 }
 
 const VERIFICATION_COLUMNS: &str = "id, call_id, account_id, dialect, method, number, ani, code, \
-     price, callback_url, state, outcome, redirected, created_at, finished_at, duration_ms";
+     price, callback_url, state, outcome, redirected, created_at, finished_at, duration_ms, \
+     repeat_code, check_redirect, route";
 
 impl Store {
     /// Opens (creating if needed) and migrates the database at `url` (`sqlite://path` or
@@ -222,7 +226,7 @@ impl Store {
         let id: i64 = sqlx::query(
             "INSERT INTO verifications (call_id, account_id, dialect, method, number, country, ani, \
              code, repeat_code, check_redirect, route, backend, price, callback_url, state, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'dialing', ?) RETURNING id",
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'accepted', ?) RETURNING id",
         )
         .bind(&v.call_id)
         .bind(&v.account_id)
@@ -250,6 +254,22 @@ impl Store {
     /// Idempotent: a second finish of the same verification changes nothing.
     pub async fn finish(&self, f: &Finish) -> Result<(), StoreError> {
         self.finish_many(std::slice::from_ref(f)).await
+    }
+
+    /// Marks verifications whose call was handed to a backend, so recovery after a crash knows
+    /// which ones to dial again (`accepted`) and which were cut mid-call (`dialing`).
+    pub async fn mark_dialled(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        for id in ids {
+            sqlx::query(
+                "UPDATE verifications SET state = 'dialing' WHERE id = ? AND state = 'accepted'",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Several call ends in one transaction: the engine batches them so that finishing calls does
@@ -490,6 +510,9 @@ fn verification_from_row(r: &sqlx::sqlite::SqliteRow) -> Verification {
         created_at_ms: r.get(13),
         finished_at_ms: r.get(14),
         duration_ms: r.get(15),
+        repeat: r.get(16),
+        check_redirect: r.get(17),
+        route: r.get(18),
     }
 }
 
@@ -531,7 +554,9 @@ mod tests {
         let id = s.accept(&new_verification(35)).await.unwrap();
         assert_eq!(s.balance("117793").await.unwrap().0, Money(65));
         let v = s.verification(id).await.unwrap().unwrap();
-        assert_eq!(v.state, "dialing");
+        assert_eq!(v.state, "accepted");
+        s.mark_dialled(&[id]).await.unwrap();
+        assert_eq!(s.verification(id).await.unwrap().unwrap().state, "dialing");
         assert_eq!(v.code, "1234");
         assert_eq!(s.unfinished().await.unwrap().len(), 1);
     }
