@@ -709,7 +709,7 @@ fn ranges_have_suffix(ranges: &[AniRange], code: Code) -> bool {
 enum Record {
     /// The call was handed to its backend.
     Dialled(i64),
-    Finished(Finish),
+    Finished(Box<Finish>),
 }
 
 async fn write_records(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Record>) {
@@ -720,7 +720,7 @@ async fn write_records(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Reco
         for r in batch.drain(..) {
             match r {
                 Record::Dialled(id) => dialled.push(id),
-                Record::Finished(f) => finished.push(f),
+                Record::Finished(f) => finished.push(*f),
             }
         }
         let mut delay = Duration::from_millis(50);
@@ -1058,7 +1058,11 @@ impl Loop {
             duration_ms,
             callback,
         };
-        if self.records.send(Record::Finished(finish)).is_err() {
+        if self
+            .records
+            .send(Record::Finished(Box::new(finish)))
+            .is_err()
+        {
             warn!("the record writer stopped; recovery will finish this call at the next start");
         }
     }
