@@ -252,20 +252,7 @@ async fn passwordcall_inner(
     if account.disabled {
         return Err(McnError::AccountDisabled);
     }
-    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-        if ct
-            .to_str()
-            .unwrap_or("")
-            .to_ascii_lowercase()
-            .starts_with("multipart/")
-        {
-            return Err(McnError::BadRequest);
-        }
-    }
-    let body = body.map_err(|_| McnError::BadRequest)?;
-    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&body) else {
-        return Err(McnError::BadRequest);
-    };
+    let map = super::json_object(headers, body).ok_or(McnError::BadRequest)?;
     if map.keys().any(|k| !FIELDS.contains(&k.as_str())) {
         return Err(McnError::BadRequest);
     }

@@ -65,6 +65,27 @@ pub fn router(
         .layer(DefaultBodyLimit::max(max_body_bytes))
 }
 
+/// The request body as a JSON object, for every dialect. The providers' clients send JSON under
+/// whatever type their HTTP library defaults to (`curl -d` says form-urlencoded), so the body
+/// decides; only a multipart body cannot be JSON. `None` for anything else, an oversized body
+/// included.
+fn json_object(
+    headers: &axum::http::HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let multipart = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|ct| ct.to_str().ok())
+        .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("multipart/"));
+    if multipart {
+        return None;
+    }
+    match serde_json::from_slice(&body.ok()?) {
+        Ok(serde_json::Value::Object(map)) => Some(map),
+        _ => None,
+    }
+}
+
 async fn metrics(State(s): State<MetricsState>) -> Response {
     s.engine.record_pool_metrics();
     match &s.prometheus {

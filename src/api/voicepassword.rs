@@ -212,18 +212,7 @@ fn authenticate(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(Map<String, Value>, Arc<Account>), VpError> {
-    // The provider's clients send JSON under whatever type their HTTP library defaults to (curl
-    // -d says form-urlencoded), so the body decides; only multipart cannot be a JSON body.
-    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
-        if ct.starts_with("multipart/") {
-            return Err(VpError::UnknownRequest);
-        }
-    }
-    let body = body.map_err(|_| VpError::UnknownRequest)?;
-    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&body) else {
-        return Err(VpError::UnknownRequest);
-    };
+    let map = super::json_object(headers, body).ok_or(VpError::UnknownRequest)?;
     let from_header = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
