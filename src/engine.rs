@@ -590,8 +590,7 @@ impl Engine {
                 ended_at_ms: now_ms,
                 duration_ms: 0,
             };
-            let callback =
-                self.callback_item(v.dialect.as_str(), v.callback_url.as_deref(), &report);
+            let callback = callback_item(s, v.dialect.as_str(), v.callback_url.as_deref(), &report);
             s.store
                 .finish(&Finish {
                     verification_id: v.id,
@@ -654,15 +653,6 @@ impl Engine {
             },
             redirect_watch: None,
         })
-    }
-
-    fn callback_item(
-        &self,
-        dialect: &str,
-        url: Option<&str>,
-        report: &Report,
-    ) -> Option<OutboxItem> {
-        callback_item(&self.shared, dialect, url, report)
     }
 }
 
@@ -811,7 +801,8 @@ impl Loop {
                 break;
             }
         }
-        // Calls still queued after the loop stopped are stored; recovery finishes them next start.
+        // Calls queued behind the shutdown are stored but were never dialled: close them as
+        // cancelled so each still gets its final status and callback.
         control.close();
         while let Ok(Control::Start(call)) = control.try_recv() {
             let mut live = LiveCall {

@@ -124,7 +124,7 @@ impl Script {
 
 enum Input {
     Command(Command),
-    /// A scheduled far-end event; `generation` guards against events of an earlier call state.
+    /// A scheduled far-end event; dropped if its call has ended meanwhile.
     Fire {
         call: CallId,
         event: CallEvent,

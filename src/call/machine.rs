@@ -164,10 +164,6 @@ impl Machine {
         }
     }
 
-    pub fn spec(&self) -> &CallSpec {
-        &self.spec
-    }
-
     /// When the engine must call `on_timer` next; `None` once the call is done.
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline
@@ -189,11 +185,6 @@ impl Machine {
             || self.progress_at.is_some()
             || self.answered_at.is_some()
             || self.state == State::Done
-    }
-
-    /// Answered and not yet over (for shutdown accounting).
-    pub fn is_answered(&self) -> bool {
-        self.answered_at.is_some()
     }
 
     /// Prompts in the whole message: "your code is" and each digit, twice with `repeat`.
