@@ -125,7 +125,7 @@ async fn start(memory: bool, prometheus: PrometheusHandle) -> Stack {
         .expect("open store");
 
     // Backends, dialects and the engine loop exactly as `serve` starts them.
-    let (engine, outbox) = start_engine(config.clone(), store.clone(), sounds)
+    let (engine, outbox, _backends) = start_engine(config.clone(), store.clone(), sounds)
         .await
         .expect("engine");
 

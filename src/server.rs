@@ -31,13 +31,13 @@ pub fn load_sounds(config: &Config) -> Result<Sounds, BoxError> {
     Ok(Sounds::load(&config.server.sounds, &languages)?)
 }
 
-/// Starts the configured backends and the engine over `store`. Returns the engine and the
-/// notifier the webhook worker waits on.
+/// Starts the configured backends and the engine over `store`. Returns the engine, the notifier
+/// the webhook worker waits on, and the backends (to close at shutdown).
 pub async fn start_engine(
     config: Arc<Config>,
     store: Store,
     sounds: Arc<Sounds>,
-) -> Result<(Engine, Arc<Notify>), BoxError> {
+) -> Result<(Engine, Arc<Notify>, Vec<Arc<dyn Backend>>), BoxError> {
     let (events_tx, events_rx) = mpsc::channel(65_536);
     let mut backends: HashMap<String, Arc<dyn Backend>> = HashMap::new();
     for b in &config.backends {
@@ -59,6 +59,7 @@ pub async fn start_engine(
         backends.insert(b.name.clone(), backend);
     }
     drop(events_tx);
+    let started: Vec<Arc<dyn Backend>> = backends.values().cloned().collect();
     let outbox = Arc::new(Notify::new());
     let dialects: Vec<Arc<dyn Dialect>> = vec![
         Arc::new(api::voicepassword::VoicePassword {
@@ -79,7 +80,7 @@ pub async fn start_engine(
         outbox: outbox.clone(),
     })
     .await?;
-    Ok((engine, outbox))
+    Ok((engine, outbox, started))
 }
 
 /// Runs until a shutdown signal.
@@ -91,7 +92,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
     let sounds = Arc::new(load_sounds(&config)?);
     let store = Store::open(&config.server.database).await?;
 
-    let (engine, outbox) = start_engine(config.clone(), store.clone(), sounds).await?;
+    let (engine, outbox, backends) = start_engine(config.clone(), store.clone(), sounds).await?;
 
     let stop_webhooks = CancellationToken::new();
     let worker = webhook::Worker::new(store.clone(), config.webhooks, engine.clock(), outbox);
@@ -118,6 +119,9 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     info!(?grace, "HTTP stopped; finishing calls");
     engine.shutdown(grace).await;
+    for b in &backends {
+        b.close();
+    }
     // Give pending callbacks a short chance before leaving; the rest stay in the outbox.
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop_webhooks.cancel();

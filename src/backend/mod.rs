@@ -14,6 +14,7 @@
 //! A backend never decides outcomes, bills, or speaks HTTP; it turns commands into protocol and
 //! protocol into events.
 
+pub mod backoff;
 pub mod sandbox;
 
 use std::sync::Arc;
@@ -36,6 +37,10 @@ pub enum CallEvent {
     PromptDone { seq: u16 },
     /// The call is over.
     Hangup(Hangup),
+    /// The backend lost track of the call: its PBX connection was cut and, after reconnecting, the
+    /// channel no longer exists (or the PBX cannot be reached again). How it ended is unknown, so
+    /// the call is closed as interrupted unless the code was already delivered.
+    Lost,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,4 +116,7 @@ pub trait Backend: Send + Sync + 'static {
     fn submit(&self, command: Command) -> Result<(), BackendError>;
     /// False while the PBX connection is down; the engine then places no calls here.
     fn is_available(&self) -> bool;
+    /// Stops the backend's listeners and connections once the engine has finished every call
+    /// (shutdown). Calls still open on the PBX side are not touched: the engine has ended them.
+    fn close(&self) {}
 }

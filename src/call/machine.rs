@@ -261,6 +261,7 @@ impl Machine {
                 }
             }
             CallEvent::Hangup(h) => self.finish(h, false, now, &mut out),
+            CallEvent::Lost => return self.abandon(Outcome::Interrupted, now),
         }
         out
     }
@@ -496,6 +497,26 @@ mod tests {
         let f = finished(&m.on_event(hangup(16, EndedBy::Us), t0 + 600 * MS));
         assert_eq!(f.outcome, Outcome::Answered);
         assert_eq!(f.billable(), 100 * MS);
+    }
+
+    #[test]
+    fn a_lost_call_is_interrupted_unless_the_code_was_delivered() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(spec(Method::Voice, "1234", false, false));
+        m.start(t0);
+        m.on_event(RING, t0);
+        let f = finished(&m.on_event(CallEvent::Lost, t0 + MS));
+        assert_eq!(f.outcome, Outcome::Interrupted);
+        assert!(f.hangup_unconfirmed);
+        assert!(m.on_event(CallEvent::Lost, t0 + 2 * MS).is_empty());
+
+        // A flash call we had already dropped after it rang: the caller ID reached the phone.
+        let mut m = Machine::new(spec(Method::Flash, "1234", false, false));
+        m.start(t0);
+        m.on_event(RING, t0);
+        m.on_timer(t0 + Duration::from_secs(10));
+        let f = finished(&m.on_event(CallEvent::Lost, t0 + Duration::from_secs(11)));
+        assert_eq!(f.outcome, Outcome::Delivered);
     }
 
     #[test]
