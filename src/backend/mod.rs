@@ -14,6 +14,7 @@
 //! A backend never decides outcomes, bills, or speaks HTTP; it turns commands into protocol and
 //! protocol into events.
 
+pub mod asterisk;
 pub mod backoff;
 pub mod sandbox;
 
