@@ -5,4 +5,5 @@
 //! implementation live beside them.
 
 pub mod agi;
+pub mod ami;
 pub mod fastagi;
