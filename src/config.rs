@@ -264,6 +264,7 @@ pub struct BackendConfig {
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     Sandbox,
+    Asterisk,
 }
 
 /// An amount in hundredths of the currency unit (kopecks, cents). Written as a string or number
@@ -411,6 +412,11 @@ impl Config {
                 )
                 .map(|_| ())
                 .map_err(|e| e.message().trim().to_string()),
+                BackendKind::Asterisk => crate::backend::asterisk::AsteriskSettings::deserialize(
+                    toml::Value::Table(b.settings.clone()),
+                )
+                .map_err(|e| e.message().trim().to_string())
+                .and_then(|s| s.validate()),
             };
             if let Err(e) = checked {
                 return Err(format!(
@@ -653,6 +659,41 @@ mod tests {
         let err = Config::parse(&text).unwrap_err();
         assert!(err.contains("backends[0].settings"), "{err}");
         assert!(err.contains("ring_after"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_asterisk_config_loads_and_its_settings_are_checked() {
+        const ASTERISK: &str = include_str!("../examples/asterisk.toml");
+        let c = Config::parse(ASTERISK).unwrap();
+        assert_eq!(c.backends[0].kind, BackendKind::Asterisk);
+        let s = crate::backend::asterisk::AsteriskSettings::deserialize(toml::Value::Table(
+            c.backends[0].settings.clone(),
+        ))
+        .unwrap();
+        assert_eq!(s.servers[0].address.to_string(), "127.0.0.1:5038");
+        assert_eq!(
+            s.servers[0].auth,
+            crate::backend::asterisk::client::AuthMethod::Md5
+        );
+        assert_eq!(s.servers[0].events, "call,user");
+        assert_eq!(s.fastagi.listen.to_string(), "127.0.0.1:4573");
+
+        let text = ASTERISK.replacen("address = ", "adress = ", 1);
+        let err = Config::parse(&text).unwrap_err();
+        let line = find_line(&text, "[backends.settings]");
+        assert!(
+            err.contains(&format!("line {line}: backends[0].settings")),
+            "{err}"
+        );
+        assert!(err.contains("adress"), "{err}");
+        let text = ASTERISK.replacen("auth = \"md5\"", "auth = \"sha1\"", 1);
+        assert!(Config::parse(&text).unwrap_err().contains("sha1"));
+        let text = ASTERISK.replacen("\"callcode-out\"", "\"bad context\"", 1);
+        let err = Config::parse(&text).unwrap_err();
+        assert!(err.contains("flash_context"), "{err}");
+        let no_servers = &ASTERISK[..ASTERISK.find("[[backends.settings.servers]]").unwrap()];
+        let err = Config::parse(no_servers).unwrap_err();
+        assert!(err.contains("at least one Asterisk server"), "{err}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api;
+use crate::backend::asterisk::{Asterisk, AsteriskSettings};
 use crate::backend::sandbox::{Sandbox, SandboxSettings};
 use crate::backend::Backend;
 use crate::config::{BackendKind, Config};
@@ -54,6 +55,19 @@ pub async fn start_engine(
                     sounds.clone(),
                     events_tx.clone(),
                 ))
+            }
+            BackendKind::Asterisk => {
+                let settings: AsteriskSettings = b
+                    .settings
+                    .clone()
+                    .try_into()
+                    .map_err(|e| format!("backends.{}.settings: {e}", b.name))?;
+                let listen = settings.fastagi.listen;
+                Arc::new(
+                    Asterisk::start(&b.name, settings, events_tx.clone())
+                        .await
+                        .map_err(|e| format!("backends.{}: FastAGI on {listen}: {e}", b.name))?,
+                )
             }
         };
         backends.insert(b.name.clone(), backend);

@@ -1,0 +1,779 @@
+//! Following calls through AMI events, sans-IO: which events belong to which of our calls, and
+//! what they mean as `CallEvent`s. The driver feeds every decoded message in and sends what comes
+//! out; nothing here reads a clock or a socket.
+//!
+//! How a call is recognised (`tests/fixtures/asterisk/callcode-path/README.md`): callcode
+//! originates `Local/<number>@<context>` with `ChannelId` = our `CallId`, so the `;1` half has that
+//! Uniqueid, and every channel of the call (`;2`, the PJSIP callee, the new PJSIP channel a 302
+//! creates) carries it as `Linkedid`.
+//!
+//! What the events mean:
+//! - ringing: `Newstate` Ringing of any channel of the call, or `DialState RINGING`/`PROGRESS`;
+//! - answer: `Newstate` Up of the real (non-Local) callee or of `;1`, or `OriginateResponse`
+//!   Success (with `U()` the latter only comes after the prompts, so the PJSIP `Newstate` is
+//!   what counts for voice), or the FastAGI session of the call arriving;
+//! - forwarding: the shipped dialplan's `UserEvent CallcodeRedirect`, a `DialEnd` with a
+//!   `Forward:` dial string, or a callee hung up with cause 23 (302 followed);
+//! - end: the `Hangup` of `;1` (its `Cause`), with the SIP status of the callee's own
+//!   `HangupRequest`/`Hangup` `TechCause`; an `OriginateResponse` Failure with no channel at all
+//!   is a failure of our side (`EndedBy::Local`).
+//!
+//! A call's end is reported once: the call is forgotten at that moment, so later events of its
+//! other channels find nothing.
+
+use std::collections::HashMap;
+
+use super::ami::{Chan, Event, Message, STATE_RINGING, STATE_UP};
+use crate::backend::{BackendEvent, CallEvent, Hangup};
+use crate::call::{CallId, EndedBy, Msisdn};
+
+/// Name of the `UserEvent` raised by the shipped `callcode-redirect` context.
+pub const REDIRECT_USER_EVENT: &str = "CallcodeRedirect";
+/// Q.850 "redirected to new destination": a callee that answered 302.
+const CAUSE_REDIRECTED: u16 = 23;
+
+/// What the driver must do after feeding a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Out {
+    Event(BackendEvent),
+    /// A hang-up asked before the call had any channel can be sent now.
+    Hangup {
+        server: usize,
+        call: CallId,
+        cause: u16,
+    },
+}
+
+/// A live channel as `CoreShowChannels` lists it after a reconnect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedChannel {
+    pub uniqueid: String,
+    pub linkedid: String,
+    pub local: bool,
+    pub state: Option<u8>,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    server: usize,
+    verification_id: i64,
+    progress: bool,
+    answered: bool,
+    /// `None`: no forwarding reported; `Some(to)`: reported with that target.
+    forwarded: Option<Option<Msisdn>>,
+    /// Some channel of the call exists (or existed).
+    channels_seen: bool,
+    /// A real callee channel (PJSIP...) was created: the far end was reached.
+    callee_seen: bool,
+    /// SIP status of the callee's final response (not the 302 of a followed forward).
+    sip_status: Option<u16>,
+    /// We asked for the hang-up, with this cause.
+    hangup_asked: Option<u16>,
+    /// A hang-up asked before any channel existed, with its cause.
+    hangup_pending: Option<u16>,
+}
+
+/// Every call in progress on every Asterisk server of one backend.
+#[derive(Debug, Default)]
+pub struct Calls {
+    calls: HashMap<CallId, Tracked>,
+    by_verification: HashMap<i64, CallId>,
+}
+
+impl Calls {
+    pub fn new() -> Calls {
+        Calls::default()
+    }
+
+    /// The `OtherChannelId` of a call's `;2` half.
+    pub fn other_channel_id(call: CallId) -> String {
+        format!("{call}-2")
+    }
+
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+
+    pub fn contains(&self, call: CallId) -> bool {
+        self.calls.contains_key(&call)
+    }
+
+    /// Calls placed through one server.
+    pub fn on_server(&self, server: usize) -> usize {
+        self.calls.values().filter(|t| t.server == server).count()
+    }
+
+    pub fn server_of(&self, call: CallId) -> Option<usize> {
+        self.calls.get(&call).map(|t| t.server)
+    }
+
+    pub fn is_answered(&self, call: CallId) -> bool {
+        self.calls.get(&call).is_some_and(|t| t.answered)
+    }
+
+    /// The call whose verification id the dialplan passed on (FastAGI `agi_arg_1`).
+    pub fn by_verification(&self, verification_id: i64) -> Option<CallId> {
+        self.by_verification.get(&verification_id).copied()
+    }
+
+    /// Starts following a call just originated through `server`.
+    pub fn originated(&mut self, call: CallId, verification_id: i64, server: usize) {
+        self.calls.insert(
+            call,
+            Tracked {
+                server,
+                verification_id,
+                progress: false,
+                answered: false,
+                forwarded: None,
+                channels_seen: false,
+                callee_seen: false,
+                sip_status: None,
+                hangup_asked: None,
+                hangup_pending: None,
+            },
+        );
+        self.by_verification.insert(verification_id, call);
+    }
+
+    /// The engine asked for the hang-up. Returns whether it can be sent now; otherwise it is sent
+    /// (as `Out::Hangup`) once the call's first channel shows up.
+    pub fn hangup_asked(&mut self, call: CallId, cause: u16) -> bool {
+        let Some(t) = self.calls.get_mut(&call) else {
+            return false;
+        };
+        t.hangup_asked = Some(cause);
+        if t.channels_seen {
+            true
+        } else {
+            t.hangup_pending = Some(cause);
+            false
+        }
+    }
+
+    /// `Originate` refused outright (`Response: Error`): no channel will ever exist.
+    pub fn originate_refused(&mut self, call: CallId, out: &mut Vec<Out>) {
+        if self.calls.get(&call).is_some_and(|t| !t.channels_seen) {
+            self.end(call, 0, None, EndedBy::Local, out);
+        }
+    }
+
+    /// The FastAGI session of a call arrived: the callee answered and runs the prompts' dialplan.
+    pub fn agi_arrived(&mut self, verification_id: i64, out: &mut Vec<Out>) -> Option<CallId> {
+        let call = self.by_verification(verification_id)?;
+        self.answered(call, out);
+        Some(call)
+    }
+
+    /// Feeds one AMI message received from `server`.
+    pub fn on_message(&mut self, server: usize, m: &Message, out: &mut Vec<Out>) {
+        match m.event() {
+            Event::Newchannel(c) => {
+                if let Some(call) = self.call_of(&c) {
+                    self.channel_seen(call, &c, out);
+                }
+            }
+            Event::Newstate(c) => {
+                let Some(call) = self.call_of(&c) else {
+                    return;
+                };
+                self.channel_seen(call, &c, out);
+                match c.state {
+                    Some(STATE_RINGING) => self.progress(call, false, out),
+                    Some(STATE_UP) if !c.is_local() || self.is_first_half(call, &c) => {
+                        self.answered(call, out)
+                    }
+                    _ => {}
+                }
+            }
+            Event::DialBegin { caller, dest } => {
+                if let Some(call) = self.call_of(&dest) {
+                    self.channel_seen(call, &dest, out);
+                } else if let Some(call) = caller.and_then(|c| self.call_of(&c)) {
+                    self.channel_seen(call, &dest, out);
+                }
+            }
+            Event::DialState { dest, status, .. } => {
+                if let Some(call) = self.call_of(&dest) {
+                    match status {
+                        "RINGING" => self.progress(call, false, out),
+                        "PROGRESS" => self.progress(call, true, out),
+                        _ => {}
+                    }
+                }
+            }
+            Event::DialEnd {
+                dest,
+                forward: Some(forward),
+                ..
+            } => {
+                if let Some(call) = self.call_of(&dest) {
+                    self.forwarded(call, number_of_dial_string(forward), out);
+                }
+            }
+            Event::UserEvent {
+                name: REDIRECT_USER_EVENT,
+                chan,
+            } => {
+                let by_chan = chan.and_then(|c| self.call_of(&c));
+                let by_vid = m
+                    .get("Verification")
+                    .and_then(|v| v.parse().ok())
+                    .and_then(|v| self.by_verification(v));
+                if let Some(call) = by_chan.or(by_vid) {
+                    let to = m.get("To").and_then(|t| t.parse().ok());
+                    self.forwarded(call, to, out);
+                }
+            }
+            Event::HangupRequest {
+                chan,
+                cause,
+                tech_cause,
+            } => {
+                if let Some(call) = self.call_of(&chan) {
+                    self.callee_cause(call, &chan, cause, tech_cause, out);
+                }
+            }
+            Event::Hangup {
+                chan,
+                cause,
+                tech_cause,
+            } => {
+                let Some(call) = self.call_of(&chan) else {
+                    return;
+                };
+                self.callee_cause(call, &chan, cause, tech_cause, out);
+                if self.is_first_half(call, &chan) {
+                    let Some(t) = self.calls.get(&call) else {
+                        return;
+                    };
+                    let ended_by = if t.hangup_asked.is_some() {
+                        EndedBy::Us
+                    } else if t.callee_seen {
+                        EndedBy::Remote
+                    } else {
+                        EndedBy::Local
+                    };
+                    let sip = t.sip_status;
+                    self.end(call, cause.unwrap_or(0), sip, ended_by, out);
+                }
+            }
+            Event::OriginateResponse {
+                success,
+                reason,
+                uniqueid,
+                ..
+            } => {
+                let Some(call) = uniqueid.and_then(|u| u.parse::<CallId>().ok()) else {
+                    return;
+                };
+                let Some(t) = self.calls.get(&call) else {
+                    return;
+                };
+                if t.server != server {
+                    return;
+                }
+                if success {
+                    self.answered(call, out);
+                } else if !t.channels_seen {
+                    // No channel at all (bad endpoint, missing context): the far end was never
+                    // reached. Asterisk gives no cause here, only Reason (0 = anything else).
+                    let ended_by = if t.hangup_asked.is_some() {
+                        EndedBy::Us
+                    } else {
+                        EndedBy::Local
+                    };
+                    self.end(call, cause_of_reason(reason), None, ended_by, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// After a reconnect: calls of `server` with no channel left ended while we were away.
+    pub fn reconcile(&mut self, server: usize, listed: &[ListedChannel], out: &mut Vec<Out>) {
+        let ours: Vec<CallId> = self
+            .calls
+            .iter()
+            .filter(|(_, t)| t.server == server)
+            .map(|(id, _)| *id)
+            .collect();
+        for call in ours {
+            let key = call.to_string();
+            let alive: Vec<&ListedChannel> = listed
+                .iter()
+                .filter(|c| c.linkedid == key || c.uniqueid == key)
+                .collect();
+            if alive.is_empty() {
+                self.lost(call, out);
+                continue;
+            }
+            if alive.iter().any(|c| !c.local && c.state == Some(STATE_UP)) {
+                self.answered(call, out);
+            } else if alive.iter().any(|c| c.state == Some(STATE_RINGING)) {
+                self.progress(call, false, out);
+            }
+        }
+    }
+
+    /// Hang-ups asked for calls of `server` that are still up (asked while the connection was
+    /// down, or lost with it): to send again once reconciled.
+    pub fn hangups_to_resend(&self, server: usize) -> Vec<(CallId, u16)> {
+        self.calls
+            .iter()
+            .filter(|(_, t)| t.server == server && t.channels_seen)
+            .filter_map(|(id, t)| t.hangup_asked.map(|c| (*id, c)))
+            .collect()
+    }
+
+    /// Every call of a server that cannot be reached again.
+    pub fn server_gone(&mut self, server: usize, out: &mut Vec<Out>) {
+        let ours: Vec<CallId> = self
+            .calls
+            .iter()
+            .filter(|(_, t)| t.server == server)
+            .map(|(id, _)| *id)
+            .collect();
+        for call in ours {
+            self.lost(call, out);
+        }
+    }
+
+    /// Forgets a call without reporting anything (the engine already closed it).
+    pub fn forget(&mut self, call: CallId) {
+        if let Some(t) = self.calls.remove(&call) {
+            self.by_verification.remove(&t.verification_id);
+        }
+    }
+
+    fn call_of(&self, c: &Chan<'_>) -> Option<CallId> {
+        let id = c
+            .linkedid
+            .parse::<CallId>()
+            .or_else(|_| c.uniqueid.parse::<CallId>())
+            .ok()?;
+        self.calls.contains_key(&id).then_some(id)
+    }
+
+    fn is_first_half(&self, call: CallId, c: &Chan<'_>) -> bool {
+        c.uniqueid.parse::<CallId>().is_ok_and(|u| u == call)
+    }
+
+    fn channel_seen(&mut self, call: CallId, c: &Chan<'_>, out: &mut Vec<Out>) {
+        let Some(t) = self.calls.get_mut(&call) else {
+            return;
+        };
+        t.channels_seen = true;
+        if !c.is_local() {
+            t.callee_seen = true;
+        }
+        if let Some(cause) = t.hangup_pending.take() {
+            out.push(Out::Hangup {
+                server: t.server,
+                call,
+                cause,
+            });
+        }
+    }
+
+    fn callee_cause(
+        &mut self,
+        call: CallId,
+        c: &Chan<'_>,
+        cause: Option<u16>,
+        tech_cause: Option<u16>,
+        out: &mut Vec<Out>,
+    ) {
+        if c.is_local() {
+            return;
+        }
+        self.channel_seen(call, c, out);
+        if cause == Some(CAUSE_REDIRECTED) {
+            // The 302 of a forward Dial follows: a forwarding signal, not the call's end.
+            self.forwarded(call, None, out);
+        } else if let Some(sip) = tech_cause.filter(|s| (300..700).contains(s)) {
+            if let Some(t) = self.calls.get_mut(&call) {
+                t.sip_status = Some(sip);
+            }
+        }
+    }
+
+    fn progress(&mut self, call: CallId, early_media: bool, out: &mut Vec<Out>) {
+        let Some(t) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if !t.progress && !t.answered {
+            t.progress = true;
+            emit(out, call, CallEvent::Progress { early_media });
+        }
+    }
+
+    fn answered(&mut self, call: CallId, out: &mut Vec<Out>) {
+        let Some(t) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if !t.answered {
+            t.answered = true;
+            emit(out, call, CallEvent::Answered);
+        }
+    }
+
+    fn forwarded(&mut self, call: CallId, to: Option<Msisdn>, out: &mut Vec<Out>) {
+        let Some(t) = self.calls.get_mut(&call) else {
+            return;
+        };
+        // Report the first signal at once, and again only when it names the target at last.
+        let report = match t.forwarded {
+            None => true,
+            Some(None) => to.is_some(),
+            Some(Some(_)) => false,
+        };
+        if report {
+            t.forwarded = Some(to);
+            emit(out, call, CallEvent::Forwarded { to });
+        }
+    }
+
+    fn end(
+        &mut self,
+        call: CallId,
+        q850: u16,
+        sip_status: Option<u16>,
+        ended_by: EndedBy,
+        out: &mut Vec<Out>,
+    ) {
+        if self.calls.contains_key(&call) {
+            self.forget(call);
+            emit(
+                out,
+                call,
+                CallEvent::Hangup(Hangup {
+                    q850,
+                    sip_status,
+                    ended_by,
+                }),
+            );
+        }
+    }
+
+    fn lost(&mut self, call: CallId, out: &mut Vec<Out>) {
+        if self.calls.contains_key(&call) {
+            self.forget(call);
+            emit(out, call, CallEvent::Lost);
+        }
+    }
+}
+
+fn emit(out: &mut Vec<Out>, call: CallId, event: CallEvent) {
+    out.push(Out::Event(BackendEvent { call, event }));
+}
+
+/// The Q.850 cause an `OriginateResponse` Reason stands for when no channel ever reported one.
+/// Reason is an Asterisk control frame number (`include/asterisk/frame.h`): 3 rang out, 5 busy,
+/// 8 congestion; 0 and 1 say nothing (reported as 0, "unknown").
+fn cause_of_reason(reason: u16) -> u16 {
+    match reason {
+        3 => 19,
+        5 => 17,
+        8 => 34,
+        _ => 0,
+    }
+}
+
+/// The number a `Forward:` dial string points at: `PJSIP/sipp/sip:+15550003333@127.0.0.1:15071`
+/// → 15550003333; `PJSIP/+7999...@trunk` → 7999...
+fn number_of_dial_string(dial: &str) -> Option<Msisdn> {
+    let after_tech = dial.rsplit('/').next().unwrap_or(dial);
+    let user = after_tech.strip_prefix("sip:").unwrap_or(after_tech);
+    let user = user.split(['@', ';']).next().unwrap_or(user);
+    user.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::asterisk::ami::{AmiCodec, Frame};
+    use bytes::{Bytes, BytesMut};
+    use tokio_util::codec::Decoder;
+
+    const DIR: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/asterisk/callcode-path/"
+    );
+
+    /// Replays a callcode-path capture as if `call` had been originated: the capture's ChannelId,
+    /// OtherChannelId and VERIFICATION_ID are replaced by ours (the only change).
+    fn replay(name: &str, ids: (&str, &str, &str), call: CallId, vid: i64) -> (Calls, Vec<Out>) {
+        let text = std::fs::read_to_string(format!("{DIR}{name}.server.txt")).unwrap();
+        let text = text
+            .replace(ids.1, &Calls::other_channel_id(call))
+            .replace(ids.0, &call.to_string())
+            .replace(ids.2, &vid.to_string());
+        let mut calls = Calls::new();
+        calls.originated(call, vid, 0);
+        let mut out = vec![];
+        let mut codec = AmiCodec::new();
+        let mut buf = BytesMut::from(Bytes::from(text));
+        while let Some(f) = codec.decode(&mut buf).unwrap() {
+            if let Frame::Message(m) = f {
+                calls.on_message(0, &m, &mut out);
+            }
+        }
+        (calls, out)
+    }
+
+    fn events(out: &[Out]) -> Vec<CallEvent> {
+        out.iter()
+            .filter_map(|o| match o {
+                Out::Event(e) => Some(e.event),
+                _ => None,
+            })
+            .collect()
+    }
+
+    const RING: CallEvent = CallEvent::Progress { early_media: false };
+
+    fn hangup(q850: u16, sip_status: Option<u16>, ended_by: EndedBy) -> CallEvent {
+        CallEvent::Hangup(Hangup {
+            q850,
+            sip_status,
+            ended_by,
+        })
+    }
+
+    #[test]
+    fn busy_through_the_local_channel_is_cause_17_with_sip_486_once() {
+        let call = CallId::new_v4();
+        let (calls, out) = replay(
+            "ami-callcode-busy",
+            ("cc-busy-0001", "cc-busy-0002", "vid-busy-55ee"),
+            call,
+            7,
+        );
+        assert_eq!(events(&out), [RING, hangup(17, Some(486), EndedBy::Remote)]);
+        assert!(calls.is_empty());
+    }
+
+    #[test]
+    fn the_181_forward_is_reported_with_its_target_long_before_the_answer() {
+        let call = CallId::new_v4();
+        let (_, out) = replay(
+            "ami-callcode-redirect181",
+            ("cc-r181-0001", "cc-r181-0002", "vid-181-7f3a"),
+            call,
+            181,
+        );
+        let to = "15550001000".parse().ok();
+        assert_eq!(
+            events(&out),
+            [
+                CallEvent::Forwarded { to },
+                RING,
+                CallEvent::Answered,
+                // The capture's callcode-hold hangs ;1 up after 2 s; nobody asked us.
+                hangup(16, None, EndedBy::Remote)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_302_forward_is_reported_once_with_the_contact_and_its_cause_23_is_no_sip_status() {
+        let call = CallId::new_v4();
+        let (_, out) = replay(
+            "ami-callcode-redirect302",
+            ("cc-r302-0001", "cc-r302-0002", "vid-302-11aa"),
+            call,
+            302,
+        );
+        let to = "15550003333".parse().ok();
+        assert_eq!(
+            events(&out),
+            [
+                // HangupRequest 23/302 of the first callee comes first, then the UserEvent names
+                // the target; the DialEnd Forward: names the same one and is not repeated.
+                CallEvent::Forwarded { to: None },
+                CallEvent::Forwarded { to },
+                RING,
+                CallEvent::Answered,
+                hangup(16, None, EndedBy::Remote)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_302_ignored_by_dial_still_shows_as_forwarding() {
+        let call = CallId::new_v4();
+        let (_, out) = replay(
+            "ami-callcode-redirect302-ignore",
+            ("cc-r302i-0001", "cc-r302i-0002", "vid-302i-22bb"),
+            call,
+            303,
+        );
+        let ev = events(&out);
+        assert!(matches!(ev[0], CallEvent::Forwarded { .. }), "{ev:?}");
+        assert!(
+            matches!(ev.last(), Some(CallEvent::Hangup(h)) if h.q850 == 16),
+            "{ev:?}"
+        );
+    }
+
+    #[test]
+    fn our_hangup_of_the_ringing_flash_call_ends_it_as_ours() {
+        let call = CallId::new_v4();
+        let text = std::fs::read_to_string(format!("{DIR}ami-callcode-flash-hangup.server.txt"))
+            .unwrap()
+            .replace("cc-flash-0002", &Calls::other_channel_id(call))
+            .replace("cc-flash-0001", &call.to_string());
+        let mut calls = Calls::new();
+        calls.originated(call, 1, 0);
+        let mut out = vec![];
+        let mut codec = AmiCodec::new();
+        let mut buf = BytesMut::from(text.as_bytes());
+        while let Some(f) = codec.decode(&mut buf).unwrap() {
+            if let Frame::Message(m) = f {
+                // As the driver does: the machine's drop comes after ringing.
+                if m.action_id() == Some("hangup-1") {
+                    assert!(calls.hangup_asked(call, 16));
+                }
+                calls.on_message(0, &m, &mut out);
+            }
+        }
+        assert_eq!(events(&out), [RING, hangup(16, None, EndedBy::Us)]);
+    }
+
+    #[test]
+    fn voice_is_answered_by_the_callee_channel_before_the_late_originate_response() {
+        let call = CallId::new_v4();
+        let (_, out) = replay(
+            "ami-callcode-voice-agi",
+            ("cc-voice-0001", "cc-voice-0002", "vid-voice-44dd"),
+            call,
+            44,
+        );
+        let ev = events(&out);
+        assert_eq!(ev[..2], [RING, CallEvent::Answered]);
+        assert_eq!(ev.len(), 3, "{ev:?}");
+        // The Answered came from the PJSIP Newstate Up, before any AGI or OriginateResponse.
+        let answered_at = out
+            .iter()
+            .position(|o| matches!(o, Out::Event(e) if e.event == CallEvent::Answered))
+            .unwrap();
+        assert_eq!(answered_at, 1);
+    }
+
+    #[test]
+    fn a_failed_originate_without_channels_is_a_local_failure() {
+        let call = CallId::new_v4();
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/asterisk/ami-originate-badchannel.server.txt"
+        ))
+        .unwrap()
+        .replace("vc-bad-0001", &call.to_string());
+        let mut calls = Calls::new();
+        calls.originated(call, 9, 0);
+        let mut out = vec![];
+        let mut codec = AmiCodec::new();
+        let mut buf = BytesMut::from(text.as_bytes());
+        while let Some(f) = codec.decode(&mut buf).unwrap() {
+            if let Frame::Message(m) = f {
+                calls.on_message(0, &m, &mut out);
+            }
+        }
+        assert_eq!(events(&out), [hangup(0, None, EndedBy::Local)]);
+    }
+
+    #[test]
+    fn an_early_hangup_waits_for_the_first_channel() {
+        let call = CallId::new_v4();
+        let mut calls = Calls::new();
+        calls.originated(call, 1, 3);
+        assert!(!calls.hangup_asked(call, 16));
+        let m = crate::backend::asterisk::ami::Message::parse(Bytes::from(format!(
+            "Event: Newchannel\r\nChannel: Local/1@c-1;1\r\nChannelState: 0\r\nUniqueid: {call}\r\nLinkedid: {call}"
+        )))
+        .unwrap();
+        let mut out = vec![];
+        calls.on_message(3, &m, &mut out);
+        assert_eq!(
+            out,
+            [Out::Hangup {
+                server: 3,
+                call,
+                cause: 16
+            }]
+        );
+    }
+
+    #[test]
+    fn reconcile_loses_calls_whose_channels_are_gone_and_catches_up_the_rest() {
+        let (gone, ringing, up, other) = (
+            CallId::new_v4(),
+            CallId::new_v4(),
+            CallId::new_v4(),
+            CallId::new_v4(),
+        );
+        let mut calls = Calls::new();
+        calls.originated(gone, 1, 0);
+        calls.originated(ringing, 2, 0);
+        calls.originated(up, 3, 0);
+        calls.originated(other, 4, 1);
+        let listed = vec![
+            ListedChannel {
+                uniqueid: ringing.to_string(),
+                linkedid: ringing.to_string(),
+                local: true,
+                state: Some(STATE_RINGING),
+            },
+            ListedChannel {
+                uniqueid: "1795436473.40".into(),
+                linkedid: up.to_string(),
+                local: false,
+                state: Some(STATE_UP),
+            },
+        ];
+        let mut out = vec![];
+        calls.reconcile(0, &listed, &mut out);
+        let mut got: Vec<(CallId, CallEvent)> = out
+            .iter()
+            .filter_map(|o| match o {
+                Out::Event(e) => Some((e.call, e.event)),
+                _ => None,
+            })
+            .collect();
+        got.sort_by_key(|(c, _)| *c);
+        let mut want = vec![
+            (gone, CallEvent::Lost),
+            (ringing, RING),
+            (up, CallEvent::Answered),
+        ];
+        want.sort_by_key(|(c, _)| *c);
+        assert_eq!(got, want);
+        assert!(calls.contains(other), "another server's call is untouched");
+        assert_eq!(calls.by_verification(1), None);
+        let mut out = vec![];
+        calls.server_gone(1, &mut out);
+        assert_eq!(events(&out), [CallEvent::Lost]);
+    }
+
+    #[test]
+    fn forward_dial_strings_name_their_number() {
+        assert_eq!(
+            number_of_dial_string("PJSIP/sipp/sip:+15550003333@127.0.0.1:15071"),
+            "15550003333".parse().ok()
+        );
+        assert_eq!(
+            number_of_dial_string("PJSIP/79161234567@trunk"),
+            "79161234567".parse().ok()
+        );
+        assert_eq!(
+            number_of_dial_string("PJSIP/trunk/sip:79161234567@10.0.0.1"),
+            "79161234567".parse().ok()
+        );
+        assert_eq!(number_of_dial_string("garbage"), None);
+    }
+}
