@@ -387,6 +387,14 @@ impl AmiCodec {
     pub fn new() -> AmiCodec {
         AmiCodec::default()
     }
+
+    /// For the Asterisk side of a connection (test peers, proxies): the client sends no banner.
+    pub fn after_banner() -> AmiCodec {
+        AmiCodec {
+            banner_seen: true,
+            scanned: 0,
+        }
+    }
 }
 
 impl Decoder for AmiCodec {
