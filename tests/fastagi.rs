@@ -416,7 +416,7 @@ async fn a_backend_that_cannot_take_the_session_gets_it_closed() {
     let _queued = connect_with_env(addr).await;
     // Wait until the first session sits in the channel, so the next one finds it full.
     let mut waited = 0;
-    while rx.len() == 0 && waited < 500 {
+    while rx.is_empty() && waited < 500 {
         tokio::time::sleep(Duration::from_millis(10)).await;
         waited += 1;
     }
