@@ -119,7 +119,7 @@ fn text(v: &Value, key: &str) -> String {
 async fn send(rig: &Rig, mut body: Value) -> (i64, Value) {
     body["callback_url"] = json!(rig.receiver.url());
     let (status, reply) = rig.server.send(body).await;
-    assert_eq!(status, 200, "{reply}");
+    assert_eq!(status, 200, "{reply}; log:\n{}", rig.server.log());
     assert_eq!(reply["result"], "ok", "{reply}");
     let id: i64 = text(&reply, "id").parse().unwrap();
     let cb = rig.receiver.next(20).await.body;
@@ -152,14 +152,22 @@ fn field<'a>(action: &'a [(String, String)], key: &str) -> Vec<&'a str> {
 fn originate_for(peer: &Peer, number: &str) -> Vec<(String, String)> {
     peer.actions("Originate")
         .into_iter()
-        .find(|a| field(a, "Channel").first().is_some_and(|c| c.contains(number)))
+        .find(|a| {
+            field(a, "Channel")
+                .first()
+                .is_some_and(|c| c.contains(number))
+        })
         .unwrap_or_else(|| panic!("no Originate for {number}"))
 }
 
 #[tokio::test]
 async fn flash_call_rings_and_is_dropped_by_ami_hangup_of_our_channel_id() {
     let rig = rig().await;
-    let (id, cb) = send(&rig, json!({"number": "79990000178", "flashcall": {"code": "4821"}})).await;
+    let (id, cb) = send(
+        &rig,
+        json!({"number": "79990000178", "flashcall": {"code": "4821"}}),
+    )
+    .await;
     assert_eq!(cb["state"], "ANSWERED", "{cb}");
     assert_eq!(outcome(&rig, id).await, "delivered");
     assert_eq!(record(&rig, id, "ended_by").await.as_deref(), Some("us"));
@@ -170,10 +178,20 @@ async fn flash_call_rings_and_is_dropped_by_ami_hangup_of_our_channel_id() {
     assert_eq!(field(&o, "Channel"), ["Local/79990000178@callcode-out"]);
     assert_eq!(field(&o, "Context"), ["callcode-hold"]);
     assert_eq!(field(&o, "Async"), ["true"]);
-    assert_eq!(field(&o, "CallerID"), ["74951094821"], "the ANI ends in the code");
+    assert_eq!(
+        field(&o, "CallerID"),
+        ["74951094821"],
+        "the ANI ends in the code"
+    );
     assert_eq!(field(&o, "ChannelId"), [call_id.as_str()]);
-    assert_eq!(field(&o, "OtherChannelId"), [format!("{call_id}-2").as_str()]);
-    assert_eq!(field(&o, "Variable"), [format!("VERIFICATION_ID={id}").as_str()]);
+    assert_eq!(
+        field(&o, "OtherChannelId"),
+        [format!("{call_id}-2").as_str()]
+    );
+    assert_eq!(
+        field(&o, "Variable"),
+        [format!("VERIFICATION_ID={id}").as_str()]
+    );
     // answer_timeout (2 s) + 5 s: the PBX's own limit stays behind the machine's.
     assert_eq!(field(&o, "Timeout"), ["7000"]);
     let hangups = rig.peer.actions("Hangup");
@@ -195,10 +213,16 @@ async fn voice_password_with_repeat_is_spoken_over_fastagi_then_hung_up_through_
     .await;
     assert_eq!(cb["state"], "ANSWERED", "{cb}");
     assert_eq!(outcome(&rig, id).await, "answered");
-    assert_eq!(record(&rig, id, "prompts_played").await.as_deref(), Some("10"));
+    assert_eq!(
+        record(&rig, id, "prompts_played").await.as_deref(),
+        Some("10")
+    );
     assert_eq!(record(&rig, id, "ended_by").await.as_deref(), Some("us"));
     let o = originate_for(&rig.peer, "79990000171");
-    assert_eq!(field(&o, "Channel"), ["Local/79990000171@callcode-voice-out"]);
+    assert_eq!(
+        field(&o, "Channel"),
+        ["Local/79990000171@callcode-voice-out"]
+    );
 
     let commands = rig.peer.agi_commands(&id.to_string());
     let files: Vec<String> = commands
@@ -206,14 +230,8 @@ async fn voice_password_with_repeat_is_spoken_over_fastagi_then_hung_up_through_
         .filter(|c| c.starts_with("STREAM FILE "))
         .map(|c| c.split_whitespace().nth(2).unwrap_or("").to_string())
         .collect();
-    let round = [
-        "your_code_is",
-        "4",
-        "8",
-        "2",
-        "1",
-    ]
-    .map(|s| format!("/var/lib/asterisk/sounds/callcode/ru/{s}"));
+    let round = ["your_code_is", "4", "8", "2", "1"]
+        .map(|s| format!("/var/lib/asterisk/sounds/callcode/ru/{s}"));
     let expected: Vec<String> = round.iter().chain(round.iter()).cloned().collect();
     assert_eq!(files, expected, "{commands:?}");
     assert_eq!(
@@ -221,19 +239,35 @@ async fn voice_password_with_repeat_is_spoken_over_fastagi_then_hung_up_through_
         Some("HANGUP"),
         "hung up through FastAGI: {commands:?}"
     );
-    assert!(rig.peer.actions("Hangup").is_empty(), "no AMI hang-up needed");
+    assert!(
+        rig.peer.actions("Hangup").is_empty(),
+        "no AMI hang-up needed"
+    );
 }
 
 #[tokio::test]
 async fn hang_up_during_playback_ends_cleanly_with_the_far_ends_cause() {
     let rig = rig().await;
-    let (id, cb) = send(&rig, json!({"number": "79990000172", "voice": {"code": "4821"}})).await;
+    let (id, cb) = send(
+        &rig,
+        json!({"number": "79990000172", "voice": {"code": "4821"}}),
+    )
+    .await;
     assert_eq!(cb["state"], "ANSWERED", "{cb}");
-    assert_eq!(record(&rig, id, "ended_by").await.as_deref(), Some("remote"));
+    assert_eq!(
+        record(&rig, id, "ended_by").await.as_deref(),
+        Some("remote")
+    );
     assert_eq!(record(&rig, id, "q850").await.as_deref(), Some("16"));
-    assert_eq!(record(&rig, id, "prompts_played").await.as_deref(), Some("1"));
+    assert_eq!(
+        record(&rig, id, "prompts_played").await.as_deref(),
+        Some("1")
+    );
     let commands = rig.peer.agi_commands(&id.to_string());
-    let streams = commands.iter().filter(|c| c.starts_with("STREAM FILE")).count();
+    let streams = commands
+        .iter()
+        .filter(|c| c.starts_with("STREAM FILE"))
+        .count();
     assert_eq!(streams, 2, "nothing played after the hang-up: {commands:?}");
     assert!(rig.peer.actions("Hangup").is_empty());
 }
@@ -245,9 +279,30 @@ async fn busy_rejected_unallocated_and_unreachable_report_their_causes() {
         // number, method, state, outcome, q850, sip
         ("79990000486", "flash", "BUSY", "busy", "17", Some("486")),
         ("79990001486", "voice", "BUSY", "busy", "17", Some("486")),
-        ("79990000403", "flash", "FAIL", "rejected", "21", Some("403")),
-        ("79990000603", "voice", "FAIL", "rejected", "21", Some("603")),
-        ("79990000404", "flash", "FAIL", "invalid_number", "1", Some("404")),
+        (
+            "79990000403",
+            "flash",
+            "FAIL",
+            "rejected",
+            "21",
+            Some("403"),
+        ),
+        (
+            "79990000603",
+            "voice",
+            "FAIL",
+            "rejected",
+            "21",
+            Some("603"),
+        ),
+        (
+            "79990000404",
+            "flash",
+            "FAIL",
+            "invalid_number",
+            "1",
+            Some("404"),
+        ),
         ("79990000000", "flash", "FAIL", "unreachable", "0", None),
     ];
     for (number, method, state, want, q850, sip) in cases {
@@ -258,18 +313,37 @@ async fn busy_rejected_unallocated_and_unreachable_report_their_causes() {
         let (id, cb) = send(&rig, body).await;
         assert_eq!(cb["state"], state, "{number}: {cb}");
         assert_eq!(outcome(&rig, id).await, want, "{number}");
-        assert_eq!(record(&rig, id, "q850").await.as_deref(), Some(q850), "{number}");
-        assert_eq!(record(&rig, id, "sip_status").await.as_deref(), sip, "{number}");
+        assert_eq!(
+            record(&rig, id, "q850").await.as_deref(),
+            Some(q850),
+            "{number}"
+        );
+        assert_eq!(
+            record(&rig, id, "sip_status").await.as_deref(),
+            sip,
+            "{number}"
+        );
         let by = if sip.is_some() { "remote" } else { "local" };
-        assert_eq!(record(&rig, id, "ended_by").await.as_deref(), Some(by), "{number}");
+        assert_eq!(
+            record(&rig, id, "ended_by").await.as_deref(),
+            Some(by),
+            "{number}"
+        );
     }
-    assert!(rig.peer.actions("Hangup").is_empty(), "the far end ended every call");
+    assert!(
+        rig.peer.actions("Hangup").is_empty(),
+        "the far end ended every call"
+    );
 }
 
 #[tokio::test]
 async fn voice_not_answered_is_cancelled_with_cause_19() {
     let rig = rig().await;
-    let (id, cb) = send(&rig, json!({"number": "79990000178", "voice": {"code": "1234"}})).await;
+    let (id, cb) = send(
+        &rig,
+        json!({"number": "79990000178", "voice": {"code": "1234"}}),
+    )
+    .await;
     assert_eq!(cb["state"], "NO ANSWER", "{cb}");
     assert_eq!(outcome(&rig, id).await, "no_answer");
     let hangups = rig.peer.actions("Hangup");
@@ -300,7 +374,10 @@ async fn forwarding_by_181_and_302_is_caught_while_ringing_and_the_guard_drops_t
     ))
     .await;
     wait_logged_in(&peer, 1).await;
-    for (number, to) in [("79990000181", "15550001000"), ("79990000302", "15550003333")] {
+    for (number, to) in [
+        ("79990000181", "15550001000"),
+        ("79990000302", "15550003333"),
+    ] {
         let (s, r) = server
             .post_raw(
                 "/api/protected/api/auth/passwordcall",
@@ -337,7 +414,11 @@ async fn forwarding_by_181_and_302_is_caught_while_ringing_and_the_guard_drops_t
 #[tokio::test]
 async fn forwarding_without_the_guard_is_recorded_and_the_call_goes_on() {
     let rig = rig().await;
-    let (id, cb) = send(&rig, json!({"number": "79990000181", "voice": {"code": "1234"}})).await;
+    let (id, cb) = send(
+        &rig,
+        json!({"number": "79990000181", "voice": {"code": "1234"}}),
+    )
+    .await;
     assert_eq!(cb["state"], "ANSWERED", "{cb}");
     assert_eq!(record(&rig, id, "redirected").await.as_deref(), Some("1"));
     assert_eq!(
@@ -350,7 +431,11 @@ async fn forwarding_without_the_guard_is_recorded_and_the_call_goes_on() {
 async fn ami_socket_cut_mid_call_reconnects_and_reconciles() {
     let rig = rig().await;
     // 179: the call still rings after the reconnect and is dropped as usual.
-    let (id, cb) = send(&rig, json!({"number": "79990000179", "flashcall": {"code": "1111"}})).await;
+    let (id, cb) = send(
+        &rig,
+        json!({"number": "79990000179", "flashcall": {"code": "1111"}}),
+    )
+    .await;
     assert_eq!(cb["state"], "ANSWERED", "{cb}");
     assert_eq!(outcome(&rig, id).await, "delivered");
     assert!(rig.peer.logins() >= 2, "logged in again");
@@ -360,7 +445,11 @@ async fn ami_socket_cut_mid_call_reconnects_and_reconciles() {
 
     // 180: the call ended while the socket was down: it is reported lost (interrupted).
     let logins = rig.peer.logins();
-    let (id, cb) = send(&rig, json!({"number": "79990000180", "voice": {"code": "2222"}})).await;
+    let (id, cb) = send(
+        &rig,
+        json!({"number": "79990000180", "voice": {"code": "2222"}}),
+    )
+    .await;
     assert_eq!(outcome(&rig, id).await, "interrupted", "{cb}");
     assert!(rig.peer.logins() > logins);
 }
@@ -382,7 +471,12 @@ async fn three_interleaved_calls_are_each_followed_to_their_own_end() {
     for cb in rig.receiver.collect(3, 20).await {
         let id = text(&cb.body, "id");
         let want = ids.remove(&id).expect("one callback per call");
-        assert_eq!(outcome(&rig, id.parse().unwrap()).await, want, "{}", cb.body);
+        assert_eq!(
+            outcome(&rig, id.parse().unwrap()).await,
+            want,
+            "{}",
+            cb.body
+        );
     }
     assert!(rig.receiver.quiet_for(300).await, "no call reported twice");
 }
@@ -390,7 +484,11 @@ async fn three_interleaved_calls_are_each_followed_to_their_own_end() {
 #[tokio::test]
 async fn md5_login_never_sends_the_secret() {
     let rig = rig_with("md5", "").await;
-    let (id, _) = send(&rig, json!({"number": "79990000486", "flashcall": {"code": "1234"}})).await;
+    let (id, _) = send(
+        &rig,
+        json!({"number": "79990000486", "flashcall": {"code": "1234"}}),
+    )
+    .await;
     assert_eq!(outcome(&rig, id).await, "busy");
     let login = &rig.peer.actions("Login")[0];
     assert_eq!(field(login, "AuthType"), ["MD5"]);

@@ -65,7 +65,10 @@ fn load(name: &str) -> Capture {
     let (mut s_buf, mut c_buf) = (String::new(), String::new());
     let mut at = 0usize;
     while at < raw.len() {
-        let end = raw[at..].iter().position(|b| *b == b'\n').map_or(raw.len(), |i| at + i);
+        let end = raw[at..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(raw.len(), |i| at + i);
         let header = String::from_utf8_lossy(&raw[at..end]).to_string();
         at = end + 1;
         let parts: Vec<&str> = header.split_whitespace().collect();
@@ -85,6 +88,12 @@ fn load(name: &str) -> Capture {
             (&mut c_buf, &mut client)
         };
         buf.push_str(&payload);
+        // The banner is a line of its own, not a message.
+        if buf.starts_with("Asterisk Call Manager/") {
+            if let Some(i) = buf.find("\r\n") {
+                buf.drain(..i + 2);
+            }
+        }
         while let Some(i) = buf.find("\r\n\r\n") {
             let m: String = buf.drain(..i + 4).collect();
             out.push((t, m));
@@ -170,11 +179,14 @@ struct Recorded {
     agi: HashMap<String, Vec<String>>,
 }
 
+/// The connection's writer and the event classes its login asked for (`None` = all).
+type LoggedIn = (mpsc::UnboundedSender<Vec<u8>>, Option<Vec<String>>);
+
 struct Shared {
     secret: String,
     fastagi: SocketAddr,
     /// The writer of the logged-in connection and its event classes (`None` = all).
-    writer: Mutex<Option<(mpsc::UnboundedSender<Vec<u8>>, Option<Vec<String>>)>>,
+    writer: Mutex<Option<LoggedIn>>,
     calls: Mutex<HashMap<String, PeerCall>>,
     recorded: Mutex<Recorded>,
     logins: AtomicUsize,
@@ -441,12 +453,20 @@ async fn replay(
     hangup: &mut oneshot::Receiver<String>,
 ) -> Option<String> {
     let mut last = messages.first().map_or(0.0, |m| m.0);
+    let mut closed = false;
     for (t, m) in messages {
         let wait = Duration::from_secs_f64(((t - last) / SPEED_UP).clamp(0.0, 0.5));
         last = *t;
-        tokio::select! {
-            h = &mut *hangup => if let Ok(id) = h { return Some(id) },
-            _ = tokio::time::sleep(wait) => {}
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                h = &mut *hangup, if !closed => match h {
+                    Ok(id) => return Some(id),
+                    Err(_) => closed = true,
+                },
+                _ = &mut sleep => break,
+            }
         }
         send(shared, m);
     }
@@ -470,7 +490,10 @@ fn after_hangup(ours: &Ids, hangup_action_id: &str) -> Vec<(f64, String)> {
         .map(|(t, m)| {
             (
                 *t,
-                substitute(m, &ids, ours).replace("ActionID: hangup-1", &format!("ActionID: {hangup_action_id}")),
+                substitute(m, &ids, ours).replace(
+                    "ActionID: hangup-1",
+                    &format!("ActionID: {hangup_action_id}"),
+                ),
             )
         })
         .collect()
@@ -645,7 +668,8 @@ async fn voice(
     let tail_from = if far_end_hangs_up {
         all.iter()
             .find(|(_, m)| {
-                m.starts_with("Event: HangupRequest") && field(m, "Channel").is_some_and(|c| c.starts_with("PJSIP/"))
+                m.starts_with("Event: HangupRequest")
+                    && field(m, "Channel").is_some_and(|c| c.starts_with("PJSIP/"))
             })
             .map(|(t, _)| *t)
     } else {
@@ -654,7 +678,11 @@ async fn voice(
             .map(|(t, _)| *t)
     }
     .expect("hang-up in the capture");
-    let answer: Vec<_> = all.iter().filter(|(t, _)| *t < agi_start).cloned().collect();
+    let answer: Vec<_> = all
+        .iter()
+        .filter(|(t, _)| *t < agi_start)
+        .cloned()
+        .collect();
     let tail: Vec<_> = all
         .iter()
         .filter(|(t, m)| *t >= tail_from && !m.starts_with("Event: AGIExec"))
@@ -679,7 +707,9 @@ async fn agi_dialog(shared: &Shared, ours: &Ids, far_end_hangs_up: bool) -> std:
         "{FIXTURES}/callcode-path/agi-voice-vid-voice-44dd.client.txt"
     ))?;
     let end = env.find("\n\n").map_or(env.len(), |i| i + 2);
-    let env = env[..end].replace("vid-voice-44dd", &ours.vid).replace("79161110171", &ours.number);
+    let env = env[..end]
+        .replace("vid-voice-44dd", &ours.vid)
+        .replace("79161110171", &ours.number);
     let stream = TcpStream::connect(shared.fastagi).await?;
     let (read, mut write) = stream.into_split();
     // In two chunks, as captured.
@@ -702,11 +732,17 @@ async fn agi_dialog(shared: &Shared, ours: &Ids, far_end_hangs_up: bool) -> std:
             .entry(ours.vid.clone())
             .or_default()
             .push(line.clone());
-        let verb = line.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+        let verb = line
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
         let mut reply = BytesMut::new();
         if dead && verb != "GET" && verb != "NOOP" {
             // agi-farhangup-default: commands on the dead channel.
-            reply.extend_from_slice(b"511 Command Not Permitted on a dead channel or intercept routine\n");
+            reply.extend_from_slice(
+                b"511 Command Not Permitted on a dead channel or intercept routine\n",
+            );
         } else if line.starts_with("STREAM FILE") {
             streams += 1;
             if far_end_hangs_up && streams == 2 {

@@ -235,7 +235,7 @@ impl Calls {
                 tech_cause,
             } => {
                 if let Some(call) = self.call_of(&chan) {
-                    self.callee_cause(call, &chan, cause, tech_cause, out);
+                    self.callee_cause(call, &chan, cause, tech_cause, false, out);
                 }
             }
             Event::Hangup {
@@ -246,7 +246,7 @@ impl Calls {
                 let Some(call) = self.call_of(&chan) else {
                     return;
                 };
-                self.callee_cause(call, &chan, cause, tech_cause, out);
+                self.callee_cause(call, &chan, cause, tech_cause, true, out);
                 if self.is_first_half(call, &chan) {
                     let Some(t) = self.calls.get(&call) else {
                         return;
@@ -386,6 +386,7 @@ impl Calls {
         c: &Chan<'_>,
         cause: Option<u16>,
         tech_cause: Option<u16>,
+        gone: bool,
         out: &mut Vec<Out>,
     ) {
         if c.is_local() {
@@ -393,8 +394,12 @@ impl Calls {
         }
         self.channel_seen(call, c, out);
         if cause == Some(CAUSE_REDIRECTED) {
-            // The 302 of a forward Dial follows: a forwarding signal, not the call's end.
-            self.forwarded(call, None, out);
+            // A 302: forwarding, not the call's end. The `HangupRequest` comes a millisecond
+            // before the UserEvent and the `DialEnd Forward:` that name the target; the channel's
+            // `Hangup` comes after them, so it only counts when neither did.
+            if gone {
+                self.forwarded(call, None, out);
+            }
         } else if let Some(sip) = tech_cause.filter(|s| (300..700).contains(s)) {
             if let Some(t) = self.calls.get_mut(&call) {
                 t.sip_status = Some(sip);
@@ -593,9 +598,8 @@ mod tests {
         assert_eq!(
             events(&out),
             [
-                // HangupRequest 23/302 of the first callee comes first, then the UserEvent names
-                // the target; the DialEnd Forward: names the same one and is not repeated.
-                CallEvent::Forwarded { to: None },
+                // The UserEvent names the target first; the DialEnd Forward: and the callee's
+                // Hangup 23/302 that follow are not repeated.
                 CallEvent::Forwarded { to },
                 RING,
                 CallEvent::Answered,
@@ -614,7 +618,14 @@ mod tests {
             303,
         );
         let ev = events(&out);
-        assert!(matches!(ev[0], CallEvent::Forwarded { .. }), "{ev:?}");
+        // No UserEvent with Dial option i: the DialEnd Forward: names the target.
+        assert_eq!(
+            ev[0],
+            CallEvent::Forwarded {
+                to: "15550003333".parse().ok()
+            },
+            "{ev:?}"
+        );
         assert!(
             matches!(ev.last(), Some(CallEvent::Hangup(h)) if h.q850 == 16),
             "{ev:?}"

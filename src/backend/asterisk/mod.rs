@@ -151,7 +151,7 @@ impl AsteriskSettings {
 enum Input {
     Command(Command),
     Ami(Report),
-    Agi(AgiSession),
+    Agi(Box<AgiSession>),
     /// A server stayed down since its `down` count was `epoch`.
     GiveUp {
         server: usize,
@@ -180,7 +180,7 @@ impl Asterisk {
         let to_driver = input.clone();
         tokio::spawn(async move {
             while let Some(s) = sessions.recv().await {
-                if to_driver.send(Input::Agi(s)).is_err() {
+                if to_driver.send(Input::Agi(Box::new(s))).is_err() {
                     break;
                 }
             }
@@ -309,7 +309,7 @@ impl Driver {
                         self.calls.server_gone(server, &mut out);
                     }
                 }
-                Input::Agi(session) => self.agi(session, &mut out),
+                Input::Agi(session) => self.agi(*session, &mut out),
                 Input::Close => {
                     self.stop.cancel();
                     self.fastagi.shutdown(Duration::from_secs(1)).await;
