@@ -545,3 +545,10 @@ async fn calls_spread_over_the_connected_servers_and_skip_a_dead_one() {
     assert_eq!(a.actions("Originate").len(), 1);
     assert_eq!(b.actions("Originate").len(), 1);
 }
+
+#[tokio::test]
+async fn a_fastagi_session_for_no_live_call_is_hung_up() {
+    let rig = rig().await;
+    assert_eq!(rig.peer.stray_agi("999999").await, ["HANGUP"]);
+    assert_eq!(rig.peer.stray_agi("not-a-number").await, ["HANGUP"]);
+}

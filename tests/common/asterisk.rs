@@ -247,6 +247,24 @@ impl Peer {
         r.agi.get(vid).cloned().unwrap_or_default()
     }
 
+    /// Connects to callcode's FastAGI port as Asterisk would for a call callcode does not know
+    /// (`agi_arg_1` = `vid`) and returns the commands callcode sent before closing.
+    pub async fn stray_agi(&self, vid: &str) -> Vec<String> {
+        let ids = Ids {
+            action_id: String::new(),
+            channel_id: String::new(),
+            other_id: String::new(),
+            vid: vid.into(),
+            number: "79990000171".into(),
+            ani: String::new(),
+            context: String::new(),
+        };
+        agi_dialog(&self.shared, &ids, false)
+            .await
+            .expect("FastAGI connect");
+        self.agi_commands(vid)
+    }
+
     pub fn logins(&self) -> usize {
         self.shared.logins.load(Ordering::SeqCst)
     }

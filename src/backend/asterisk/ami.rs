@@ -106,6 +106,7 @@ impl Message {
         let mut start = 0usize;
         let bytes = &raw[..];
         while start < bytes.len() {
+            // Lines end in CRLF; a bare LF inside a line is kept as part of it.
             let end =
                 memchr::memmem::find(&bytes[start..], b"\r\n").map_or(bytes.len(), |i| start + i);
             if end > start {
@@ -132,10 +133,20 @@ impl Message {
         Ok(Message { raw, fields })
     }
 
+    fn bytes(&self, from: u32, to: u32) -> &[u8] {
+        self.raw.get(from as usize..to as usize).unwrap_or_default()
+    }
+
     fn text(&self, from: u32, to: u32) -> &str {
-        let bytes = self.raw.get(from as usize..to as usize).unwrap_or_default();
         // `raw` is valid UTF-8 and every offset sits next to an ASCII byte (CR, LF, ':' or ' ').
-        std::str::from_utf8(bytes).unwrap_or_default()
+        std::str::from_utf8(self.bytes(from, to)).unwrap_or_default()
+    }
+
+    /// Offsets of the fields named `key`, compared as bytes (no UTF-8 work for the others).
+    fn named<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a [u32; 4]> + 'a {
+        self.fields
+            .iter()
+            .filter(move |f| self.bytes(f[0], f[1]).eq_ignore_ascii_case(key.as_bytes()))
     }
 
     /// Every field in order.
@@ -155,16 +166,12 @@ impl Message {
 
     /// The first value of `key` (keys compare case-insensitively, as Asterisk's own lookup does).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.fields()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v)
+        self.named(key).next().map(|f| self.text(f[2], f[3]))
     }
 
     /// Every value of a repeated key, in order.
     pub fn get_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.fields()
-            .filter(move |(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v)
+        self.named(key).map(|f| self.text(f[2], f[3]))
     }
 
     /// The bytes the message was parsed from.
@@ -173,9 +180,13 @@ impl Message {
     }
 
     pub fn kind(&self) -> Kind<'_> {
-        match self.fields().next() {
-            Some((k, v)) if k.eq_ignore_ascii_case("Response") => Kind::Response(v),
-            Some((k, v)) if k.eq_ignore_ascii_case("Event") => Kind::Event(v),
+        let first = self
+            .fields
+            .first()
+            .map(|f| (self.bytes(f[0], f[1]), self.text(f[2], f[3])));
+        match first {
+            Some((k, v)) if k.eq_ignore_ascii_case(b"Response") => Kind::Response(v),
+            Some((k, v)) if k.eq_ignore_ascii_case(b"Event") => Kind::Event(v),
             _ => Kind::Other,
         }
     }

@@ -89,6 +89,16 @@ impl AsteriskSettings {
             if s.username.is_empty() || s.secret.is_empty() {
                 return Err(format!("servers[{i}]: username and secret must be set"));
             }
+            let classes: Vec<&str> = s.events.split(',').map(str::trim).collect();
+            let needed = ["call", "user"];
+            if s.events != "on" && !needed.iter().all(|n| classes.contains(n)) {
+                // Without `call` there is not even an OriginateResponse; without `user` no
+                // forwarding UserEvent (fixture README).
+                return Err(format!(
+                    "servers[{i}].events: `{}` must be `on` or include `call` and `user`",
+                    s.events
+                ));
+            }
             if [&s.username, &s.secret, &s.events]
                 .iter()
                 .any(|v| v.contains(['\r', '\n']))
