@@ -452,6 +452,15 @@ async fn ami_socket_cut_mid_call_reconnects_and_reconciles() {
     .await;
     assert_eq!(outcome(&rig, id).await, "interrupted", "{cb}");
     assert!(rig.peer.logins() > logins);
+
+    // An idle connection is kept alive with Ping (keepalive_ms = 1000 here).
+    for _ in 0..100 {
+        if !rig.peer.actions("Ping").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!rig.peer.actions("Ping").is_empty(), "no keep-alive Ping");
 }
 
 #[tokio::test]
