@@ -561,3 +561,37 @@ async fn a_fastagi_session_for_no_live_call_is_hung_up() {
     assert_eq!(rig.peer.stray_agi("999999").await, ["HANGUP"]);
     assert_eq!(rig.peer.stray_agi("not-a-number").await, ["HANGUP"]);
 }
+
+#[tokio::test]
+async fn calls_of_an_asterisk_that_stays_away_are_lost() {
+    let fastagi = free_port();
+    let peer = Peer::start(SECRET, fastagi).await;
+    let receiver = Receiver::start(0).await;
+    let text = config(&[(peer.addr, "plain", SECRET)], fastagi, "")
+        .replace("lost_after_ms = 5000", "lost_after_ms = 300");
+    let server = Server::start(&text).await;
+    wait_logged_in(&peer, 1).await;
+    let (status, reply) = server
+        .send(json!({"number": "79990000178", "voice": {"code": "1234"}, "callback_url": receiver.url()}))
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    for _ in 0..100 {
+        if !peer.actions("Originate").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    peer.go_away();
+    let cb = receiver.next(20).await.body;
+    let id: i64 = text(&reply, "id").parse().unwrap();
+    let outcome = db_value(
+        &server.db_path(),
+        "SELECT outcome FROM call_records WHERE verification_id = ?",
+        id,
+    )
+    .await;
+    assert_eq!(outcome.as_deref(), Some("interrupted"), "{cb}");
+    // With no server left the backend takes no new calls.
+    let (_, reply) = server.send(json!({"number": "79990000486"})).await;
+    assert_ne!(reply["result"], "ok", "{reply}");
+}

@@ -197,6 +197,7 @@ struct Shared {
 pub struct Peer {
     pub addr: SocketAddr,
     shared: Arc<Shared>,
+    acceptor: tokio::task::JoinHandle<()>,
 }
 
 impl Peer {
@@ -214,7 +215,7 @@ impl Peer {
             cut: Notify::new(),
         });
         let s = shared.clone();
-        tokio::spawn(async move {
+        let acceptor = tokio::spawn(async move {
             // Bounded: a test never needs more than a few connections.
             for _ in 0..64 {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -223,7 +224,17 @@ impl Peer {
                 tokio::spawn(serve(s.clone(), stream));
             }
         });
-        Peer { addr, shared }
+        Peer {
+            addr,
+            shared,
+            acceptor,
+        }
+    }
+
+    /// The Asterisk goes away for good: the connection is cut and new ones are refused.
+    pub fn go_away(&self) {
+        self.acceptor.abort();
+        cut(&self.shared);
     }
 
     /// Cuts the logged-in AMI connection (as a crashed or restarted Asterisk would).
