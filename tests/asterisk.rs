@@ -567,9 +567,9 @@ async fn calls_of_an_asterisk_that_stays_away_are_lost() {
     let fastagi = free_port();
     let peer = Peer::start(SECRET, fastagi).await;
     let receiver = Receiver::start(0).await;
-    let text = config(&[(peer.addr, "plain", SECRET)], fastagi, "")
+    let settings = config(&[(peer.addr, "plain", SECRET)], fastagi, "")
         .replace("lost_after_ms = 5000", "lost_after_ms = 300");
-    let server = Server::start(&text).await;
+    let server = Server::start(&settings).await;
     wait_logged_in(&peer, 1).await;
     let (status, reply) = server
         .send(json!({"number": "79990000178", "voice": {"code": "1234"}, "callback_url": receiver.url()}))
