@@ -192,7 +192,8 @@ impl Acceptor {
                 conn,
                 peer,
                 command_timeout: self.settings.command_timeout(),
-                close: self.close_sessions.clone(),
+                // A token of its own: waiting on it per command then locks nothing shared.
+                close: self.close_sessions.child_token(),
                 _slot: slot,
                 _open: self.open.token(),
             };
