@@ -507,8 +507,6 @@ pub struct AgiDecoder {
     env_len: usize,
     /// Lines of the multi-line reply read so far; 0 when no reply is open.
     reply_lines: usize,
-    /// The code of the open multi-line reply's first line.
-    reply_code: u16,
     /// Bytes of the buffer already searched for `\n` without finding one.
     scanned: usize,
 }
@@ -527,7 +525,6 @@ impl AgiDecoder {
             env: AgiEnvironment::default(),
             env_len: 0,
             reply_lines: 0,
-            reply_code: 0,
             scanned: 0,
         }
     }
@@ -647,7 +644,6 @@ impl AgiDecoder {
             }
             if continues {
                 self.reply_lines = 1;
-                self.reply_code = code.unwrap_or(0);
                 return Ok(None);
             }
             if !ends {
