@@ -196,6 +196,25 @@ fn every_client_transcript_decodes_to_its_environment_and_replies() {
 }
 
 #[test]
+fn captured_read_boundaries_decode_like_the_whole_stream() {
+    for name in AGI_TRANSCRIPTS {
+        let t = load(name);
+        let client = load_side(name, Dir::FromAsterisk);
+        let whole = decode_chunked(&client, &[client.len()]).unwrap();
+        let mut decoder = AgiDecoder::new();
+        let mut buf = BytesMut::new();
+        let mut events = Vec::new();
+        for chunk in t.chunks.iter().filter(|c| c.dir == Dir::FromAsterisk) {
+            buf.extend_from_slice(&chunk.bytes);
+            while let Some(e) = decoder.decode(&mut buf).unwrap() {
+                events.push(e);
+            }
+        }
+        assert_eq!(events, whole, "{name}");
+    }
+}
+
+#[test]
 fn voice_transcript_replies_are_read_as_captured() {
     let client = load_side("callcode-path/agi-voice-vid-voice-44dd", Dir::FromAsterisk);
     let events = decode_chunked(&client, &[client.len()]).unwrap();

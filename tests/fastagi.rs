@@ -511,3 +511,34 @@ async fn shutdown_closes_sessions_left_open_after_the_grace() {
     assert!(s.is_closed());
     assert!(server_closes(&mut stream).await);
 }
+
+/// A command whose future is dropped midway (e.g. lost in a `select!`) leaves its reply on the
+/// wire; the next command must not take it for its own.
+#[tokio::test]
+async fn an_abandoned_command_puts_the_session_out_of_step() {
+    let (server, mut rx) = start(settings(), 4).await;
+    let mut stream = connect_with_env(server.local_addr()).await;
+    let mut s = next_session(&mut rx).await;
+    let abandoned = timeout(
+        Duration::from_millis(50),
+        s.command(AgiCommand::ChannelStatus),
+    )
+    .await;
+    assert!(
+        abandoned.is_err(),
+        "no reply was sent, so the command was still waiting"
+    );
+    stream.write_all(b"200 result=6\n").await.unwrap();
+    let next = s.command(AgiCommand::GetVariable("CHANNEL")).await;
+    assert!(matches!(next, Err(AgiError::Protocol(_))), "{next:?}");
+    assert!(s.is_closed());
+    let mut got = Vec::new();
+    assert!(timeout(WAIT, stream.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .is_ok());
+    assert_eq!(
+        got, b"CHANNEL STATUS\n",
+        "the second command was never sent"
+    );
+}

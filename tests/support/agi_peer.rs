@@ -40,17 +40,17 @@ pub fn substitute(chunks: &[Chunk], from: &str, to: &str) -> Vec<Chunk> {
 }
 
 fn replace(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(haystack.len());
-    let mut at = 0;
-    while at < haystack.len() {
-        if !from.is_empty() && haystack[at..].starts_with(from) {
-            out.extend_from_slice(to);
-            at += from.len();
-        } else {
-            out.push(haystack[at]);
-            at += 1;
-        }
+    let mut out = Vec::with_capacity(haystack.len() + to.len());
+    let mut rest = haystack;
+    while let Some(at) = (!from.is_empty())
+        .then(|| rest.windows(from.len()).position(|w| w == from))
+        .flatten()
+    {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(to);
+        rest = &rest[at + from.len()..];
     }
+    out.extend_from_slice(rest);
     out
 }
 

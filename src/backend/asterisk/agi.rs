@@ -34,16 +34,18 @@ pub const MAX_REPLY_LINES: usize = 256;
 /// The `agi_*` variables of one session, in the order Asterisk sent them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AgiEnvironment {
-    fields: Vec<(String, String)>,
+    /// Keys (without `agi_`) and values back to back, so a block costs two allocations, not two
+    /// per line.
+    text: String,
+    /// Per field, where its key and its value end in `text`; a key starts where the previous
+    /// value ended.
+    ends: Vec<(usize, usize)>,
 }
 
 impl AgiEnvironment {
     /// The value of `agi_<key>`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.fields().find(|&(k, _)| k == key).map(|(_, v)| v)
     }
 
     /// `agi_arg_<n>`, 1-based.
@@ -56,30 +58,53 @@ impl AgiEnvironment {
 
     /// Builds an environment from `(key, value)` pairs, keys without the `agi_` prefix (for a peer
     /// that plays Asterisk, e.g. in tests).
-    pub fn from_fields<K: Into<String>, V: Into<String>>(
+    pub fn from_fields<K: AsRef<str>, V: AsRef<str>>(
         fields: impl IntoIterator<Item = (K, V)>,
     ) -> AgiEnvironment {
-        AgiEnvironment {
-            fields: fields
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
+        let mut env = AgiEnvironment::default();
+        for (k, v) in fields {
+            env.push(k.as_ref(), v.as_ref());
         }
+        env
+    }
+
+    fn push(&mut self, key: &str, value: &str) {
+        self.text.push_str(key);
+        let key_end = self.text.len();
+        self.text.push_str(value);
+        self.ends.push((key_end, self.text.len()));
+    }
+
+    /// The number of fields.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
     }
 
     /// All fields in wire order, keys without the `agi_` prefix.
     pub fn fields(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.fields.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        let starts = std::iter::once(0).chain(self.ends.iter().map(|&(_, value_end)| value_end));
+        starts
+            .zip(&self.ends)
+            .map(|(start, &(key_end, value_end))| {
+                // The offsets were taken from pushes of whole `str`s, so they are char boundaries.
+                let key = self.text.get(start..key_end).unwrap_or("");
+                let value = self.text.get(key_end..value_end).unwrap_or("");
+                (key, value)
+            })
     }
 
     /// Writes the block as Asterisk does: `agi_<key>: <value>\n` per field, then an empty line.
     /// A key or value holding `\n` or `\r` (which could not have come from Asterisk) is refused.
     pub fn encode(&self, dst: &mut BytesMut) -> Result<(), AgiEncodeError> {
-        for (k, v) in &self.fields {
+        for (k, v) in self.fields() {
             check_line_safe(k)?;
             check_line_safe(v)?;
         }
-        for (k, v) in &self.fields {
+        for (k, v) in self.fields() {
             dst.reserve(k.len() + v.len() + 7);
             dst.put_slice(b"agi_");
             dst.put_slice(k.as_bytes());
@@ -478,12 +503,10 @@ enum State {
 #[derive(Debug)]
 pub struct AgiDecoder {
     state: State,
-    env: Vec<(String, String)>,
+    env: AgiEnvironment,
     env_len: usize,
     /// Lines of the multi-line reply read so far; 0 when no reply is open.
     reply_lines: usize,
-    /// The code of the open multi-line reply's first line.
-    reply_code: u16,
     /// Bytes of the buffer already searched for `\n` without finding one.
     scanned: usize,
 }
@@ -499,10 +522,9 @@ impl AgiDecoder {
     pub fn new() -> AgiDecoder {
         AgiDecoder {
             state: State::Environment,
-            env: Vec::new(),
+            env: AgiEnvironment::default(),
             env_len: 0,
             reply_lines: 0,
-            reply_code: 0,
             scanned: 0,
         }
     }
@@ -583,8 +605,8 @@ impl AgiDecoder {
         if line.is_empty() {
             self.state = State::Replies;
             self.env_len = 0;
-            let fields = std::mem::take(&mut self.env);
-            return Ok(Some(AgiEvent::Environment(AgiEnvironment { fields })));
+            let env = std::mem::take(&mut self.env);
+            return Ok(Some(AgiEvent::Environment(env)));
         }
         self.env_len += line.len() + 1;
         if self.env_len > MAX_ENV_LEN || self.env.len() >= MAX_ENV_FIELDS {
@@ -600,10 +622,15 @@ impl AgiDecoder {
         if key.is_empty() {
             return Err(bad());
         }
-        self.env.push((
-            String::from_utf8_lossy(key).into_owned(),
-            String::from_utf8_lossy(value).into_owned(),
-        ));
+        if self.env.is_empty() {
+            self.env.text.reserve(MAX_LINE_LEN / 16);
+            self.env.ends.reserve(32);
+        }
+        // Asterisk sends what the channel holds (a caller name may not be UTF-8): keep it readable.
+        self.env.push(
+            &String::from_utf8_lossy(key),
+            &String::from_utf8_lossy(value),
+        );
         Ok(None)
     }
 
@@ -617,7 +644,6 @@ impl AgiDecoder {
             }
             if continues {
                 self.reply_lines = 1;
-                self.reply_code = code.unwrap_or(0);
                 return Ok(None);
             }
             if !ends {

@@ -192,7 +192,8 @@ impl Acceptor {
                 conn,
                 peer,
                 command_timeout: self.settings.command_timeout(),
-                close: self.close_sessions.clone(),
+                // A token of its own: waiting on it per command then locks nothing shared.
+                close: self.close_sessions.child_token(),
                 _slot: slot,
                 _open: self.open.token(),
             };
@@ -251,6 +252,10 @@ struct Conn {
     hung_up: bool,
     /// Nothing more can be exchanged: closed by either side, or out of step after an error.
     closed: bool,
+    /// A command was written or is awaiting its reply. Still set when the next command starts,
+    /// it means the caller dropped the previous one midway: its reply would be taken for the
+    /// next one's, so the connection is out of step.
+    in_flight: bool,
 }
 
 impl Conn {
@@ -262,6 +267,7 @@ impl Conn {
             write_buf: BytesMut::with_capacity(128),
             hung_up: false,
             closed: false,
+            in_flight: false,
         }
     }
 
@@ -406,16 +412,23 @@ impl AgiSession {
     ///
     /// `511` (the command is not allowed on a dead channel) is `Err(HungUp)`. A connection that
     /// closes is `Err(Closed)`, or `Err(HungUp)` if Asterisk said `HANGUP` first. After a
-    /// timeout, an I/O or a protocol error, the connection is out of step and is closed: later
-    /// commands fail at once.
+    /// timeout, an I/O or a protocol error, or when the previous command's future was dropped
+    /// before its reply, the connection is out of step and is closed: later commands fail at once.
     pub async fn command(&mut self, cmd: AgiCommand<'_>) -> Result<AgiReply, AgiError> {
         if self.conn.closed {
             return Err(self.conn.gone());
+        }
+        if self.conn.in_flight {
+            self.conn.close().await;
+            return Err(AgiError::Protocol(
+                "the previous command was abandoned before its reply".into(),
+            ));
         }
         self.conn.write_buf.clear();
         cmd.encode(&mut self.conn.write_buf)
             .map_err(|e| AgiError::Protocol(format!("cannot encode {cmd:?}: {e}")))?;
         let timeout = self.command_timeout;
+        self.conn.in_flight = true;
         let result = tokio::select! {
             biased;
             _ = self.close.cancelled() => Err(AgiError::Closed),
@@ -423,6 +436,7 @@ impl AgiSession {
                 r.unwrap_or(Err(AgiError::Timeout(timeout)))
             }
         };
+        self.conn.in_flight = false;
         match result {
             Ok(reply) if reply.code == 511 => {
                 self.conn.hung_up = true;
