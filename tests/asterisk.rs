@@ -595,3 +595,45 @@ async fn calls_of_an_asterisk_that_stays_away_are_lost() {
     let (_, reply) = server.send(json!({"number": "79990000486"})).await;
     assert_ne!(reply["result"], "ok", "{reply}");
 }
+
+fn check_config(path: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callcode"))
+        .arg("check-config")
+        .arg(path)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run callcode");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn check_config_accepts_the_shipped_asterisk_example_and_names_a_bad_setting() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/asterisk.toml");
+    let (ok, output) = check_config(&example);
+    assert!(ok, "{output}");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("[backends.settings]"))
+        .unwrap()
+        + 1;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.toml");
+    for (from, to, key) in [
+        ("keepalive_ms = 10000", "keepalive = 10000", "keepalive"),
+        ("auth = \"md5\"", "auth = \"sha\"", "sha"),
+        ("# or \"plain\"", "\nevents = \"call\"", "events"),
+    ] {
+        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+        let (ok, output) = check_config(&path);
+        assert!(!ok, "{from} -> {to}");
+        assert!(
+            output.contains(&format!("line {line}: backends[0].settings")),
+            "{output}"
+        );
+        assert!(output.contains(key), "{output}");
+    }
+}
