@@ -771,6 +771,68 @@ mod tests {
         assert_eq!(events(&out), [CallEvent::Lost]);
     }
 
+    proptest::proptest! {
+        /// Whatever order the captured events of a call arrive in (and whatever our hang-up
+        /// interleaves), its end is reported at most once and nothing follows it.
+        #[test]
+        fn any_order_of_a_calls_events_ends_it_at_most_once(
+            which in 0usize..7,
+            seed in proptest::prelude::any::<u64>(),
+            hangup_at in 0usize..200,
+        ) {
+            use rand::seq::SliceRandom;
+            use rand::SeedableRng;
+            let captures = [
+                ("ami-callcode-busy", ("cc-busy-0001", "cc-busy-0002", "vid-busy-55ee")),
+                ("ami-callcode-flash-hangup", ("cc-flash-0001", "cc-flash-0002", "vid-flash-33cc")),
+                ("ami-callcode-redirect181", ("cc-r181-0001", "cc-r181-0002", "vid-181-7f3a")),
+                ("ami-callcode-redirect302", ("cc-r302-0001", "cc-r302-0002", "vid-302-11aa")),
+                ("ami-callcode-redirect302-ignore", ("cc-r302i-0001", "cc-r302i-0002", "vid-302i-22bb")),
+                ("ami-callcode-voice-agi", ("cc-voice-0001", "cc-voice-0002", "vid-voice-44dd")),
+                ("ami-callcode-voice-noinherit", ("cc-vnoinh-0001", "cc-vnoinh-0002", "vid-noinh-66ff")),
+            ];
+            let (name, ids) = captures[which];
+            let call = CallId::from_u128(u128::from(seed) << 1 | 1);
+            let text = std::fs::read_to_string(format!("{DIR}{name}.server.txt"))
+                .unwrap()
+                .replace(ids.1, &Calls::other_channel_id(call))
+                .replace(ids.0, &call.to_string())
+                .replace(ids.2, "77");
+            let mut messages = vec![];
+            let mut codec = AmiCodec::new();
+            let mut buf = BytesMut::from(text.as_bytes());
+            while let Some(f) = codec.decode(&mut buf).unwrap() {
+                if let Frame::Message(m) = f {
+                    messages.push(m);
+                }
+            }
+            messages.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+            let mut calls = Calls::new();
+            calls.originated(call, 77, 0);
+            let mut out = vec![];
+            for (i, m) in messages.iter().enumerate() {
+                if i == hangup_at {
+                    calls.hangup_asked(call, 16);
+                }
+                calls.on_message(0, m, &mut out);
+            }
+            let ev = events(&out);
+            let ends = ev
+                .iter()
+                .filter(|e| matches!(e, CallEvent::Hangup(_) | CallEvent::Lost))
+                .count();
+            proptest::prop_assert!(ends <= 1, "{:?}", ev);
+            if ends == 1 {
+                proptest::prop_assert!(
+                    matches!(ev.last(), Some(CallEvent::Hangup(_))),
+                    "{:?}",
+                    ev
+                );
+                proptest::prop_assert!(calls.is_empty());
+            }
+        }
+    }
+
     #[test]
     fn forward_dial_strings_name_their_number() {
         assert_eq!(

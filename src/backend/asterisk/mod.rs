@@ -37,6 +37,9 @@ use crate::call::{CallId, EndedBy, Method, Prompt};
 
 /// Q.850 "network out of order": a call accepted while every AMI connection just went down.
 const NO_SERVER_CAUSE: u16 = 38;
+/// A call we asked to hang up whose end Asterisk never reported is forgotten after this long (the
+/// engine has long closed it as unconfirmed); keeps the tables bounded.
+const FORGET_UNCONFIRMED_AFTER: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -167,6 +170,8 @@ enum Input {
         server: usize,
         epoch: u64,
     },
+    /// The hang-up of this call was asked long ago.
+    Forget(CallId),
     Close,
 }
 
@@ -320,6 +325,13 @@ impl Driver {
                     }
                 }
                 Input::Agi(session) => self.agi(*session, &mut out),
+                Input::Forget(call) => {
+                    if self.calls.contains(call) {
+                        warn!(%call, "Asterisk never confirmed the hang-up; forgetting the call");
+                        self.calls.forget(call);
+                        self.live.remove(&call);
+                    }
+                }
                 Input::Close => {
                     self.stop.cancel();
                     self.fastagi.shutdown(Duration::from_secs(1)).await;
@@ -434,6 +446,11 @@ impl Driver {
                 }
             }
             Command::Hangup { call, q850 } => {
+                let input = self.input.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(FORGET_UNCONFIRMED_AFTER).await;
+                    let _ = input.send(Input::Forget(call));
+                });
                 if let Some(agi) = self.live.get(&call).and_then(|l| l.agi.as_ref()) {
                     // The answered callee is in our FastAGI session: hang up through it; the AMI
                     // Hangup events that follow end the call.
