@@ -637,3 +637,28 @@ fn check_config_accepts_the_shipped_asterisk_example_and_names_a_bad_setting() {
         assert!(output.contains(key), "{output}");
     }
 }
+
+#[tokio::test]
+async fn shutdown_logs_off_and_closes_the_fastagi_listener() {
+    let fastagi = free_port();
+    let peer = Peer::start(SECRET, fastagi).await;
+    let server = Server::start(&config(&[(peer.addr, "plain", SECRET)], fastagi, "")).await;
+    wait_logged_in(&peer, 1).await;
+    assert!(
+        std::net::TcpStream::connect(fastagi).is_ok(),
+        "FastAGI listening"
+    );
+    let status = server.terminate().await;
+    assert!(status.success(), "{status:?}");
+    for _ in 0..100 {
+        if !peer.actions("Logoff").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(peer.actions("Logoff").len(), 1);
+    assert!(
+        std::net::TcpStream::connect(fastagi).is_err(),
+        "FastAGI closed"
+    );
+}
