@@ -648,7 +648,11 @@ async fn shutdown_logs_off_and_closes_the_fastagi_listener() {
         std::net::TcpStream::connect(fastagi).is_ok(),
         "FastAGI listening"
     );
+    // Serving a request means the signal handlers are in place.
+    server.get_text("/metrics").await;
+    let dir = server.dir.clone();
     let status = server.terminate().await;
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
     assert!(status.success(), "{status:?}");
     for _ in 0..100 {
         if !peer.actions("Logoff").is_empty() {
@@ -656,7 +660,7 @@ async fn shutdown_logs_off_and_closes_the_fastagi_listener() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(peer.actions("Logoff").len(), 1);
+    assert_eq!(peer.actions("Logoff").len(), 1, "{log}");
     assert!(
         std::net::TcpStream::connect(fastagi).is_err(),
         "FastAGI closed"
