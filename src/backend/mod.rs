@@ -15,6 +15,7 @@
 //! protocol into events.
 
 pub mod backoff;
+pub mod freeswitch;
 pub mod sandbox;
 
 use std::sync::Arc;

@@ -1,0 +1,358 @@
+//! ESL messages as meaning: replies, api responses, events in their three formats, disconnect
+//! notices, log lines, and anything else surfaced as `Message::Other` (never fatal).
+//!
+//! Events are flat multimaps of strings: duplicate names occur (`Hangup-Cause` twice in
+//! CHANNEL_HANGUP_COMPLETE, in plain *and* json; fixture README fact 8), so nothing here
+//! deserialises into a struct with named fields. Plain events stay zero-copy: the header lines are
+//! located in the received buffer and a value is percent-decoded only when read, and only if it
+//! contains `%` (fact 6; `+` never means space). JSON and XML events are converted into the same
+//! shape once, when parsed. No I/O, no panics on peer bytes.
+
+use std::borrow::Cow;
+
+use bytes::{Bytes, BytesMut};
+
+use super::codec::{header_spans, CodecError, Frame, Headers, Span};
+
+/// How an event's values are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Plain,
+    Json,
+    Xml,
+}
+
+/// One event, any format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    headers: Headers,
+    percent_encoded: bool,
+    /// The event's own body (BACKGROUND_JOB output, a log line), empty when there is none.
+    pub body: Bytes,
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("json event: {0}")]
+    Json(String),
+    #[error("xml event: no <headers> element")]
+    Xml,
+}
+
+/// Percent-decodes FreeSWITCH's `switch_url_encode` output. Invalid escapes are kept as they are,
+/// invalid UTF-8 is replaced: a header value is text.
+pub fn percent_decode(raw: &[u8]) -> Cow<'_, str> {
+    if memchr::memchr(b'%', raw).is_none() {
+        return String::from_utf8_lossy(raw);
+    }
+    match percent_encoding::percent_decode(raw).decode_utf8_lossy() {
+        Cow::Borrowed(s) => Cow::Owned(s.to_owned()),
+        Cow::Owned(s) => Cow::Owned(s),
+    }
+}
+
+impl Event {
+    /// Parses the body of a `text/event-plain` frame: header lines, a blank line, then the
+    /// event's own body of its own (inner) Content-Length.
+    pub fn parse_plain(body: Bytes, max_headers: usize) -> Result<Event, EventError> {
+        let (block_len, rest_start) = match memchr::memmem::find(&body, b"\n\n") {
+            Some(i) => (i, i + 2),
+            None => (body.len(), body.len()),
+        };
+        let block = body.slice(..block_len);
+        let headers = Headers::parse(block, max_headers)?;
+        let inner = match headers.get("Content-Length") {
+            Some(v) => std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .unwrap_or(0),
+            None => 0,
+        };
+        let rest = body.slice(rest_start..);
+        let body = rest.slice(..inner.min(rest.len()));
+        Ok(Event {
+            headers,
+            percent_encoded: true,
+            body,
+            format: Format::Plain,
+        })
+    }
+
+    /// Parses a `text/event-json` body: one flat object of strings, duplicate keys kept, `_body`
+    /// taken as the body.
+    pub fn parse_json(body: &[u8], max_headers: usize) -> Result<Event, EventError> {
+        use serde::de::{Deserializer, MapAccess, Visitor};
+        struct Pairs(Vec<(String, String)>, usize);
+        impl<'de> Visitor<'de> for &mut Pairs {
+            type Value = ();
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a flat JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+                while let Some(k) = map.next_key::<String>()? {
+                    if self.0.len() >= self.1 {
+                        return Err(serde::de::Error::custom("too many keys"));
+                    }
+                    let v = match map.next_value::<serde_json::Value>()? {
+                        serde_json::Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    self.0.push((k, v));
+                }
+                Ok(())
+            }
+        }
+        let mut pairs = Pairs(Vec::new(), max_headers);
+        let mut de = serde_json::Deserializer::from_slice(body);
+        de.deserialize_map(&mut pairs)
+            .and_then(|_| de.end())
+            .map_err(|e| EventError::Json(e.to_string()))?;
+        let mut event_body = Bytes::new();
+        let pairs = pairs.0.into_iter().filter_map(|(k, v)| {
+            if k == "_body" {
+                event_body = Bytes::from(v);
+                None
+            } else {
+                Some((k, v))
+            }
+        });
+        let headers = owned_headers(pairs);
+        Ok(Event {
+            headers,
+            percent_encoded: false,
+            body: event_body,
+            format: Format::Json,
+        })
+    }
+
+    /// Parses a `text/event-xml` body: `<event><headers><Name>value</Name>...</headers>` and an
+    /// optional `<body>`. Values are percent-encoded as in plain events, and XML-escaped.
+    pub fn parse_xml(body: &[u8], max_headers: usize) -> Result<Event, EventError> {
+        let text = String::from_utf8_lossy(body);
+        let start = text.find("<headers>").ok_or(EventError::Xml)? + "<headers>".len();
+        let end = text[start..]
+            .find("</headers>")
+            .map_or(text.len(), |i| start + i);
+        let mut pairs = Vec::new();
+        let mut rest = &text[start..end];
+        while let Some(open) = rest.find('<') {
+            let after = &rest[open + 1..];
+            let Some(close) = after.find('>') else { break };
+            let name = &after[..close];
+            let tail = &after[close + 1..];
+            let end_tag = format!("</{name}>");
+            let Some(v_end) = tail.find(&end_tag) else {
+                break;
+            };
+            if pairs.len() >= max_headers {
+                return Err(CodecError::TooManyHeaders(max_headers).into());
+            }
+            pairs.push((name.to_string(), xml_unescape(&tail[..v_end])));
+            rest = &tail[v_end + end_tag.len()..];
+        }
+        let event_body = text
+            .find("<body>")
+            .and_then(|b| {
+                let from = b + "<body>".len();
+                text[from..]
+                    .rfind("</body>")
+                    .map(|e| Bytes::from(xml_unescape(&text[from..from + e])))
+            })
+            .unwrap_or_default();
+        Ok(Event {
+            headers: owned_headers(pairs.into_iter()),
+            percent_encoded: true,
+            body: event_body,
+            format: Format::Xml,
+        })
+    }
+
+    /// The first value of `name`, decoded.
+    pub fn get(&self, name: &str) -> Option<Cow<'_, str>> {
+        let raw = self.headers.get(name)?;
+        Some(if self.percent_encoded {
+            percent_decode(raw)
+        } else {
+            String::from_utf8_lossy(raw)
+        })
+    }
+
+    /// The first value of `name` exactly as received (still percent-encoded in plain events).
+    pub fn get_raw(&self, name: &str) -> Option<&[u8]> {
+        self.headers.get(name)
+    }
+
+    /// Whether the first value of `name` equals `expected` after decoding, without allocating for
+    /// values that need no decoding.
+    pub fn is(&self, name: &str, expected: &str) -> bool {
+        match self.headers.get(name) {
+            Some(raw) if self.percent_encoded && memchr::memchr(b'%', raw).is_some() => {
+                percent_decode(raw) == expected
+            }
+            Some(raw) => raw == expected.as_bytes(),
+            None => false,
+        }
+    }
+
+    /// Every value of `name`, decoded, in wire order.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = Cow<'a, str>> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| *n == name.as_bytes())
+            .map(move |(_, v)| {
+                if self.percent_encoded {
+                    percent_decode(v)
+                } else {
+                    String::from_utf8_lossy(v)
+                }
+            })
+    }
+
+    pub fn name(&self) -> Option<Cow<'_, str>> {
+        self.get("Event-Name")
+    }
+
+    pub fn header_count(&self) -> usize {
+        self.headers.len()
+    }
+}
+
+fn owned_headers(pairs: impl Iterator<Item = (String, String)>) -> Headers {
+    let mut buf = BytesMut::new();
+    let mut spans = Vec::new();
+    for (k, v) in pairs {
+        let n0 = buf.len() as u32;
+        buf.extend_from_slice(k.as_bytes());
+        let n1 = buf.len() as u32;
+        buf.extend_from_slice(v.as_bytes());
+        let v1 = buf.len() as u32;
+        spans.push(Span {
+            name: (n0, n1),
+            value: (n1, v1),
+        });
+    }
+    Headers::from_parts(buf.freeze(), spans)
+}
+
+fn xml_unescape(s: &str) -> String {
+    if !s.contains('&') {
+        return s.to_string();
+    }
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+/// One ESL message by its Content-Type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// `auth/request`: the inbound greeting.
+    AuthRequest,
+    /// `command/reply`: `Reply-Text` starts with `+OK` or `-ERR`. `headers` carry the rest
+    /// (`Job-UUID` for bgapi; the whole channel for the outbound `connect` reply).
+    CommandReply {
+        reply: String,
+        headers: Headers,
+    },
+    /// `api/response`: the raw output; the trailing newline is not guaranteed (fact 4).
+    ApiResponse(Bytes),
+    Event(Event),
+    /// `text/disconnect-notice`, with its headers (`Content-Disposition: linger|disconnect`).
+    Disconnect {
+        headers: Headers,
+        body: Bytes,
+    },
+    /// `log/data`: sent only after `log <level>`; callcode never asks for it.
+    Log(Bytes),
+    /// Any other Content-Type, surfaced rather than fatal.
+    Other {
+        content_type: String,
+        body: Bytes,
+    },
+}
+
+impl Message {
+    pub fn from_frame(frame: Frame, max_headers: usize) -> Result<Message, EventError> {
+        let ct = frame.headers.get("Content-Type").unwrap_or_default();
+        Ok(match ct {
+            b"auth/request" => Message::AuthRequest,
+            b"command/reply" => {
+                // Inbound replies are not encoded (fact 3); the outbound `connect` reply is
+                // (fact 13). Decoding is harmless for the former: they never contain `%`.
+                let reply = frame
+                    .headers
+                    .get("Reply-Text")
+                    .map(|v| percent_decode(v).trim_end().to_string())
+                    .unwrap_or_default();
+                Message::CommandReply {
+                    reply,
+                    headers: frame.headers,
+                }
+            }
+            b"api/response" => Message::ApiResponse(frame.body),
+            b"text/event-plain" => Message::Event(Event::parse_plain(frame.body, max_headers)?),
+            b"text/event-json" => Message::Event(Event::parse_json(&frame.body, max_headers)?),
+            b"text/event-xml" => Message::Event(Event::parse_xml(&frame.body, max_headers)?),
+            b"text/disconnect-notice" => Message::Disconnect {
+                headers: frame.headers,
+                body: frame.body,
+            },
+            b"log/data" => Message::Log(frame.body),
+            other => Message::Other {
+                content_type: String::from_utf8_lossy(other).into_owned(),
+                body: frame.body,
+            },
+        })
+    }
+}
+
+/// Re-exported so tests and benches can split an event body without a frame.
+pub fn plain_header_count(body: &[u8], max: usize) -> Result<usize, CodecError> {
+    let block = memchr::memmem::find(body, b"\n\n").map_or(body, |i| &body[..i]);
+    Ok(header_spans(block, max)?.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_values_decode_lazily_and_plus_stays() {
+        let e = Event::parse_plain(
+            Bytes::from_static(
+                b"Event-Name: CHANNEL_ANSWER\nA: a%20b+c\nB: 100%25\nB: dup\nBad: %zz%4\n\n",
+            ),
+            64,
+        )
+        .unwrap();
+        assert_eq!(e.name().as_deref(), Some("CHANNEL_ANSWER"));
+        assert!(matches!(e.get("Event-Name"), Some(Cow::Borrowed(_))));
+        assert_eq!(e.get("A").as_deref(), Some("a b+c"));
+        assert_eq!(e.get("B").as_deref(), Some("100%"));
+        assert_eq!(e.get_all("B").collect::<Vec<_>>(), vec!["100%", "dup"]);
+        assert_eq!(e.get("Bad").as_deref(), Some("%zz%4"));
+        assert!(e.is("A", "a b+c"));
+        assert!(!e.is("A", "a%20b+c"));
+        assert!(e.body.is_empty());
+    }
+
+    #[test]
+    fn json_keeps_duplicates_and_the_body() {
+        let e = Event::parse_json(
+            br#"{"Event-Name":"X","Hangup-Cause":"USER_BUSY","Hangup-Cause":"USER_BUSY","N":5,"_body":"-ERR USER_BUSY\n"}"#,
+            64,
+        )
+        .unwrap();
+        assert_eq!(e.get_all("Hangup-Cause").count(), 2);
+        assert_eq!(e.get("N").as_deref(), Some("5"));
+        assert_eq!(&e.body[..], b"-ERR USER_BUSY\n");
+        assert!(Event::parse_json(b"[1]", 64).is_err());
+        assert!(Event::parse_json(b"{\"a\":\"b\"} x", 64).is_err());
+        assert!(Event::parse_json(br#"{"a":"1","b":"2"}"#, 1).is_err());
+    }
+}
