@@ -215,11 +215,9 @@ impl Tracker {
                     }
                 }
             }
-            b"CUSTOM" => {
-                if e.is("Event-Subclass", "sofia::notify_watched_header") {
-                    if let Some(to) = watched_forward(e, c.dialled) {
-                        report_forward(c, to, call, out);
-                    }
+            b"CUSTOM" if e.is("Event-Subclass", "sofia::notify_watched_header") => {
+                if let Some(to) = watched_forward(e, c.dialled) {
+                    report_forward(c, to, call, out);
                 }
             }
             b"CHANNEL_EXECUTE_COMPLETE" => {
@@ -334,8 +332,7 @@ pub fn watched_forward(e: &Event, dialled: Msisdn) -> Option<Option<Msisdn>> {
         let target = value
             .split(',')
             .filter_map(uri_number)
-            .filter(|n| !same_number(*n, dialled))
-            .last()?;
+            .rfind(|n| !same_number(*n, dialled))?;
         return Some(Some(target));
     }
     if header.eq_ignore_ascii_case("Contact") && (300..400).contains(&status) {

@@ -46,8 +46,8 @@ pub enum Command<'a> {
     },
     /// Outbound mode: the first thing said on a new connection.
     Connect,
-    /// Outbound mode: events of this channel only.
-    MyEvents(&'a str),
+    /// Outbound mode: events of this channel only (plain, as in -01-).
+    MyEvents,
     /// Keep the socket open after hang-up until the last events are sent.
     Linger,
     Exit,
@@ -65,7 +65,7 @@ impl Command<'_> {
     /// The caller-supplied parts, each of which must stay on its line.
     fn arguments(&self) -> Vec<&str> {
         match self {
-            Command::Auth(a) | Command::Api(a) | Command::MyEvents(a) => vec![a],
+            Command::Auth(a) | Command::Api(a) => vec![a],
             Command::Events { format, names } => {
                 let mut v = vec![*format];
                 v.extend_from_slice(names);
@@ -81,7 +81,7 @@ impl Command<'_> {
                 event_uuid,
             } => vec![uuid.unwrap_or(""), app, arg, event_uuid],
             Command::HangupMsg { uuid, cause } => vec![uuid.unwrap_or(""), cause],
-            Command::Connect | Command::Linger | Command::Exit => vec![],
+            Command::Connect | Command::MyEvents | Command::Linger | Command::Exit => vec![],
         }
     }
 
@@ -114,7 +114,7 @@ impl Command<'_> {
                 sendmsg(uuid)
             ),
             Command::Connect => "connect".to_string(),
-            Command::MyEvents(format) => format!("myevents {format}"),
+            Command::MyEvents => "myevents".to_string(),
             Command::Linger => "linger".to_string(),
             Command::Exit => "exit".to_string(),
         };
@@ -207,7 +207,7 @@ mod tests {
                 cause: "NORMAL_CLEARING",
             },
             Command::Connect,
-            Command::MyEvents("plain"),
+            Command::MyEvents,
             Command::Linger,
             Command::Exit,
         ];
