@@ -1,0 +1,753 @@
+//! A test FreeSWITCH on loopback: an ESL server that authenticates and answers like the captures
+//! in tests/fixtures/freeswitch, and on `bgapi originate` replays the FreeSWITCH side of the
+//! captured scenario chosen by the dialled number's last four digits, then *follows* callcode's
+//! commands with the captured answers to the same commands (`sendmsg` playback → the capture's
+//! playback events, `uuid_kill` → the flash-cancel capture's hang-up, `sendmsg` hangup → the
+//! answered capture's hang-up).
+//!
+//! Replayed bytes are the captured ones with the captured channel UUID, Job-UUID, verification
+//! variable, dialled number and Application-UUID replaced by callcode's, and every Content-Length
+//! recomputed. Captured delays are divided by 20 (at most 400 ms). Cases without a transcript
+//! (gateway down, uuid_exists, the socket cut) are built from captured messages and the fixture
+//! README's facts, named where used.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+pub const PASSWORD: &str = "test-secret";
+
+/// Dialled-number suffix → capture.
+pub const SCENARIOS: &[(&str, &str)] = &[
+    ("0010", "esl-inbound-10-answered-plain"),
+    ("0020", "esl-inbound-20-busy486-plain"),
+    ("0030", "esl-inbound-30-noanswer-timeout-plain"),
+    ("0040", "esl-inbound-40-reject403-plain"),
+    ("0041", "esl-inbound-41-decline603-plain"),
+    ("0044", "esl-inbound-44-notfound404-plain"),
+    ("0045", "esl-inbound-45-unreachable-port-plain"),
+    ("0051", "esl-inbound-51-redirect302-followed-plain"),
+    ("0053", "esl-inbound-53-forward181-watchheaders-plain"),
+    (
+        "0062",
+        "esl-inbound-62-early183-busy-ignore-early-media-plain",
+    ),
+    ("0070", "esl-inbound-70-flashcall-cancel-plain"),
+    ("0080", "esl-inbound-80-remote-bye-plain"),
+    ("0095", "esl-inbound-95-outbound-controller-1"),
+];
+
+/// Suffix whose originate fails with `-ERR GATEWAY_DOWN` and no channel.
+pub const GATEWAY_DOWN: &str = "0609";
+
+/// The number the captures dialled, the ANI and the custom variable they set.
+const CAPTURED_NUMBER: &str = "79990001122";
+const CAPTURED_VAR: &str = "some_custom_var";
+const CAPTURED_VAR_VALUE: &str = "otp-4821";
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/freeswitch")
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    to_client: bool,
+    t: f64,
+    bytes: Vec<u8>,
+}
+
+fn transcript(name: &str) -> Vec<Block> {
+    let data = std::fs::read(fixtures().join(format!("{name}.txt"))).expect("transcript");
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < data.len() {
+        let end = data[pos..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(data.len(), |i| pos + i);
+        let line = String::from_utf8_lossy(&data[pos..end]).to_string();
+        pos = end + 1;
+        if let Some(rest) = line.strip_prefix("#### ") {
+            let mut parts = rest.split(' ');
+            let dir = parts.next().unwrap();
+            let t: f64 = parts
+                .next()
+                .unwrap()
+                .trim_start_matches("t=+")
+                .parse()
+                .unwrap();
+            let len: usize = rest.rsplit("len=").next().unwrap().parse().unwrap();
+            out.push(Block {
+                to_client: dir == "S->C",
+                t,
+                bytes: data[pos..pos + len].to_vec(),
+            });
+            pos += len + 1;
+        }
+    }
+    out
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A header's value in a block (first match, raw).
+fn header(block: &[u8], name: &str) -> Option<String> {
+    let t = text(block);
+    let prefix = format!("{name}: ");
+    t.lines()
+        .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+}
+
+fn replace_all(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    if from.is_empty() {
+        return hay.to_vec();
+    }
+    let mut out = Vec::with_capacity(hay.len());
+    let mut i = 0;
+    while i < hay.len() {
+        if hay[i..].starts_with(from) {
+            out.extend_from_slice(to);
+            i += from.len();
+        } else {
+            out.push(hay[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Re-frames a message after substitution: the outer Content-Length becomes the body's length,
+/// and a plain event's inner Content-Length its own body's (fact 6).
+fn reframe(msg: &[u8]) -> Vec<u8> {
+    let Some(split) = msg.windows(2).position(|w| w == b"\n\n") else {
+        return msg.to_vec();
+    };
+    let head = text(&msg[..split]);
+    let body = &msg[split + 2..];
+    if !head.lines().any(|l| l.starts_with("Content-Length: ")) {
+        return msg.to_vec();
+    }
+    let mut body = body.to_vec();
+    if head.contains("text/event-plain") {
+        if let Some(inner) = body.windows(2).position(|w| w == b"\n\n") {
+            let ih = text(&body[..inner]);
+            if ih.lines().any(|l| l.starts_with("Content-Length: ")) {
+                let rest = body[inner + 2..].to_vec();
+                let ih: Vec<String> = ih
+                    .lines()
+                    .map(|l| {
+                        if l.starts_with("Content-Length: ") {
+                            format!("Content-Length: {}", rest.len())
+                        } else {
+                            l.to_string()
+                        }
+                    })
+                    .collect();
+                body = format!("{}\n\n", ih.join("\n")).into_bytes();
+                body.extend_from_slice(&rest);
+            }
+        }
+    }
+    let head: Vec<String> = head
+        .lines()
+        .map(|l| {
+            if l.starts_with("Content-Length: ") {
+                format!("Content-Length: {}", body.len())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    let mut out = format!("{}\n\n", head.join("\n")).into_bytes();
+    out.extend_from_slice(&body);
+    out
+}
+
+/// The S->C blocks of a capture cut into segments: the one answering the originate, then one
+/// per later client command, keyed by what that command was.
+#[derive(Debug, Clone)]
+struct Scenario {
+    channel: String,
+    job: String,
+    originate: Vec<Block>,
+    follow: HashMap<&'static str, Vec<Block>>,
+    /// Application-UUID and file of the captured playback the `playback` segment answers.
+    playback_app_uuid: Option<String>,
+    playback_file: Option<String>,
+}
+
+fn command_kind(c: &str) -> Option<&'static str> {
+    if c.starts_with("api uuid_kill") {
+        Some("kill")
+    } else if c.starts_with("sendmsg") && c.contains("call-command: hangup") {
+        Some("hangup")
+    } else if c.starts_with("sendmsg") && c.contains("execute-app-name: playback\n") {
+        Some("playback")
+    } else {
+        None
+    }
+}
+
+fn scenario(name: &str) -> Scenario {
+    let blocks = transcript(name);
+    let bg = blocks
+        .iter()
+        .position(|b| !b.to_client && text(&b.bytes).starts_with("bgapi originate"))
+        .expect("originate in capture");
+    let bg_text = text(&blocks[bg].bytes);
+    let job = header(&blocks[bg].bytes, "Job-UUID").expect("captured Job-UUID");
+    let channel = bg_text
+        .split("origination_uuid=")
+        .nth(1)
+        .map(|s| s[..36].to_string())
+        .expect("captured origination_uuid");
+    let mut segments: Vec<(String, Vec<Block>)> = vec![(bg_text, Vec::new())];
+    for b in &blocks[bg + 1..] {
+        if b.to_client {
+            segments.last_mut().unwrap().1.push(b.clone());
+        } else {
+            segments.push((text(&b.bytes), Vec::new()));
+        }
+    }
+    let mut follow = HashMap::new();
+    let mut playback_app_uuid = None;
+    let mut playback_file = None;
+    for (cmd, blocks) in &segments[1..] {
+        if let Some(kind) = command_kind(cmd) {
+            if follow.contains_key(kind) {
+                continue;
+            }
+            if kind == "playback" {
+                playback_file = header(cmd.as_bytes(), "execute-app-arg");
+                playback_app_uuid = blocks.iter().find_map(|b| {
+                    let t = text(&b.bytes);
+                    (t.contains("Event-Name: CHANNEL_EXECUTE_COMPLETE"))
+                        .then(|| header(&b.bytes, "Application-UUID"))
+                        .flatten()
+                });
+            }
+            follow.insert(kind, blocks.clone());
+        }
+    }
+    Scenario {
+        channel,
+        job,
+        originate: segments[0].1.clone(),
+        follow,
+        playback_app_uuid,
+        playback_file,
+    }
+}
+
+/// A message with callcode's identifiers in place of the captured ones.
+fn substitute(bytes: &[u8], subs: &[(String, String)]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    for (from, to) in subs {
+        out = replace_all(&out, from.as_bytes(), to.as_bytes());
+    }
+    reframe(&out)
+}
+
+/// One thing callcode sent, as the peer read it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub connection: usize,
+    pub text: String,
+}
+
+#[derive(Debug, Clone)]
+struct Channel {
+    scenario: Option<Scenario>,
+    subs: Vec<(String, String)>,
+    alive: bool,
+}
+
+#[derive(Default)]
+struct State {
+    received: Vec<Received>,
+    channels: HashMap<String, Channel>,
+    /// Where events go: the connection that subscribed last.
+    current: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    connections: Vec<JoinHandle<()>>,
+    auths: usize,
+    /// Channels the next cut makes disappear.
+    vanish_on_cut: Vec<String>,
+}
+
+pub struct Peer {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    accept: JoinHandle<()>,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.accept.abort();
+        if let Ok(s) = self.state.lock() {
+            for c in &s.connections {
+                c.abort();
+            }
+        }
+    }
+}
+
+fn reply(text: &str) -> Vec<u8> {
+    format!("Content-Type: command/reply\nReply-Text: {text}\n\n").into_bytes()
+}
+
+fn api_response(body: &str) -> Vec<u8> {
+    format!(
+        "Content-Type: api/response\nContent-Length: {}\n\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Fact 12: the notice after `exit`.
+const DISCONNECT: &[u8] = b"Content-Type: text/disconnect-notice\nContent-Length: 67\n\nDisconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n";
+
+impl Peer {
+    pub async fn start() -> Peer {
+        Peer::start_on("127.0.0.1:0").await
+    }
+
+    pub async fn start_on(addr: &str) -> Peer {
+        let listener = TcpListener::bind(addr).await.expect("bind peer");
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State::default()));
+        let st = state.clone();
+        let accept = tokio::spawn(async move {
+            let mut n = 0;
+            while let Ok((stream, _)) = listener.accept().await {
+                n += 1;
+                let h = tokio::spawn(connection(stream, n, st.clone()));
+                st.lock().unwrap().connections.push(h);
+            }
+        });
+        Peer {
+            addr,
+            state,
+            accept,
+        }
+    }
+
+    /// Everything callcode sent so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    pub fn auths(&self) -> usize {
+        self.state.lock().unwrap().auths
+    }
+
+    /// Commands whose text contains `needle`.
+    pub fn sent_containing(&self, needle: &str) -> Vec<String> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.text.contains(needle))
+            .map(|r| r.text)
+            .collect()
+    }
+
+    /// The `execute-app-arg` of every playback for `channel`, in order.
+    pub fn playbacks(&self, channel: &str) -> Vec<String> {
+        self.received()
+            .into_iter()
+            .filter(|r| {
+                r.text.starts_with(&format!("sendmsg {channel}"))
+                    && r.text.contains("execute-app-name: playback")
+            })
+            .filter_map(|r| header(r.text.as_bytes(), "execute-app-arg"))
+            .collect()
+    }
+
+    /// Channel UUIDs callcode originated, by dialled number.
+    pub fn originated(&self) -> Vec<(String, String)> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.text.starts_with("bgapi originate"))
+            .filter_map(|r| {
+                let uuid = r
+                    .text
+                    .split("origination_uuid=")
+                    .nth(1)?
+                    .get(..36)?
+                    .to_string();
+                let number = r
+                    .text
+                    .split("/carrier/")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .to_string();
+                Some((number, uuid))
+            })
+            .collect()
+    }
+
+    /// Waits until `f` holds for what callcode sent, or panics after `secs`.
+    pub async fn wait_until(&self, secs: u64, what: &str, f: impl Fn(&Peer) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        while !f(self) {
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "peer: {what} did not happen within {secs} s; got {:#?}",
+                    self.received()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Cuts every connection, as a network failure would; `vanish` channels end during the gap
+    /// (their events are lost, and `uuid_exists` says false afterwards).
+    pub fn cut(&self, vanish: &[String]) {
+        let mut s = self.state.lock().unwrap();
+        s.vanish_on_cut = vanish.to_vec();
+        for v in vanish {
+            if let Some(c) = s.channels.get_mut(v) {
+                c.alive = false;
+            }
+        }
+        s.current = None;
+        for c in s.connections.drain(..) {
+            c.abort();
+        }
+    }
+}
+
+fn emit(state: &Arc<Mutex<State>>, bytes: Vec<u8>) {
+    if let Some(tx) = &state.lock().unwrap().current {
+        let _ = tx.send(bytes);
+    }
+}
+
+/// Plays a segment's blocks with compressed delays; stops early if the channel disappears.
+fn play_segment(
+    state: Arc<Mutex<State>>,
+    channel: String,
+    blocks: Vec<Block>,
+    subs: Vec<(String, String)>,
+) {
+    tokio::spawn(async move {
+        let mut last = blocks.first().map_or(0.0, |b| b.t);
+        for b in blocks {
+            let gap = ((b.t - last).max(0.0) / 20.0).min(0.4);
+            last = b.t;
+            if gap > 0.0 {
+                tokio::time::sleep(Duration::from_secs_f64(gap)).await;
+            }
+            let alive = state
+                .lock()
+                .unwrap()
+                .channels
+                .get(&channel)
+                .is_none_or(|c| c.alive);
+            if !alive {
+                return;
+            }
+            let msg = substitute(&b.bytes, &subs);
+            if text(&msg).contains("Event-Name: CHANNEL_HANGUP_COMPLETE") {
+                if let Some(c) = state.lock().unwrap().channels.get_mut(&channel) {
+                    c.alive = false;
+                }
+            }
+            emit(&state, msg);
+        }
+    });
+}
+
+async fn connection(stream: TcpStream, n: usize, state: Arc<Mutex<State>>) {
+    let (mut r, mut w) = stream.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = tokio::spawn(async move {
+        while let Some(b) = rx.recv().await {
+            if w.write_all(&b).await.is_err() {
+                return;
+            }
+        }
+    });
+    let _ = tx.send(b"Content-Type: auth/request\n\n".to_vec());
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut authed = false;
+    loop {
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let cmd = text(&buf[..end]);
+            buf.drain(..end + 2);
+            state.lock().unwrap().received.push(Received {
+                connection: n,
+                text: cmd.clone(),
+            });
+            if !authed {
+                // Fact 2.
+                if cmd == format!("auth {PASSWORD}") {
+                    authed = true;
+                    state.lock().unwrap().auths += 1;
+                    let _ = tx.send(reply("+OK accepted"));
+                } else {
+                    let _ = tx.send(reply("-ERR invalid"));
+                    let _ = tx.send(DISCONNECT.to_vec());
+                    drop(tx);
+                    let _ = writer.await;
+                    return;
+                }
+                continue;
+            }
+            if !command(&cmd, &tx, &state) {
+                drop(tx);
+                let _ = writer.await;
+                return;
+            }
+        }
+        match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+        }
+    }
+}
+
+/// Answers one command; false to close the connection.
+fn command(cmd: &str, tx: &mpsc::UnboundedSender<Vec<u8>>, state: &Arc<Mutex<State>>) -> bool {
+    let first = cmd.lines().next().unwrap_or("");
+    if first.starts_with("event plain") {
+        // Fact 15.
+        state.lock().unwrap().current = Some(tx.clone());
+        let _ = tx.send(reply("+OK event listener enabled plain"));
+    } else if first == "exit" {
+        let _ = tx.send(reply("+OK bye"));
+        let _ = tx.send(DISCONNECT.to_vec());
+        return false;
+    } else if first == "api status" {
+        let status = transcript("esl-inbound-01-basics")
+            .into_iter()
+            .find(|b| b.to_client && text(&b.bytes).contains("is ready"))
+            .expect("captured status");
+        let _ = tx.send(status.bytes);
+    } else if let Some(uuid) = first.strip_prefix("api uuid_exists ") {
+        // Not captured: mod_commands' uuid_exists answers `true` or `false` in an api/response
+        // (FreeSWITCH docs, mod_commands "uuid_exists").
+        let alive = state
+            .lock()
+            .unwrap()
+            .channels
+            .get(uuid.trim())
+            .is_some_and(|c| c.alive);
+        let _ = tx.send(api_response(if alive { "true" } else { "false" }));
+    } else if let Some(rest) = first.strip_prefix("api uuid_kill ") {
+        let uuid = rest.split(' ').next().unwrap_or("").to_string();
+        follow(state, tx, &uuid, "kill", &[], || {
+            api_response("-ERR No such channel!\n")
+        });
+    } else if let Some(uuid) = first.strip_prefix("sendmsg ") {
+        let uuid = uuid.trim().to_string();
+        if cmd.contains("call-command: hangup") {
+            follow(state, tx, &uuid, "hangup", &[], || {
+                reply(&format!("-ERR invalid session id [{uuid}]"))
+            });
+        } else {
+            let arg = header(cmd.as_bytes(), "execute-app-arg").unwrap_or_default();
+            let event_uuid = header(cmd.as_bytes(), "Event-UUID").unwrap_or_default();
+            let (app, file) = {
+                let s = state.lock().unwrap();
+                let sc = s.channels.get(&uuid).and_then(|c| c.scenario.clone());
+                (
+                    sc.as_ref().and_then(|s| s.playback_app_uuid.clone()),
+                    sc.as_ref().and_then(|s| s.playback_file.clone()),
+                )
+            };
+            let mut extra = Vec::new();
+            if let Some(a) = app {
+                extra.push((a, event_uuid));
+            }
+            if let Some(f) = file {
+                extra.push((f, arg));
+            }
+            follow(state, tx, &uuid, "playback", &extra, || {
+                reply(&format!("-ERR invalid session id [{uuid}]"))
+            });
+        }
+    } else if first.starts_with("bgapi originate") {
+        originate(cmd, tx, state);
+    } else {
+        let _ = tx.send(reply("-ERR command not found"));
+    }
+    true
+}
+
+/// Answers a command on a channel with the capture's segment for it, or `gone` when the channel
+/// does not exist (any more).
+fn follow(
+    state: &Arc<Mutex<State>>,
+    tx: &mpsc::UnboundedSender<Vec<u8>>,
+    uuid: &str,
+    kind: &str,
+    extra: &[(String, String)],
+    gone: impl Fn() -> Vec<u8>,
+) {
+    let found = {
+        let s = state.lock().unwrap();
+        s.channels.get(uuid).filter(|c| c.alive).and_then(|c| {
+            let sc = c.scenario.as_ref()?;
+            let seg = sc
+                .follow
+                .get(kind)
+                .cloned()
+                .or_else(|| follow_fallback(kind))?;
+            Some((seg, c.subs.clone()))
+        })
+    };
+    let Some((mut seg, mut subs)) = found else {
+        let _ = tx.send(gone());
+        return;
+    };
+    subs.extend(extra.iter().cloned());
+    // The first block is the reply to this very command: it goes on this connection now.
+    if !seg.is_empty() {
+        let first = seg.remove(0);
+        let _ = tx.send(substitute(&first.bytes, &subs));
+    }
+    play_segment(state.clone(), uuid.to_string(), seg, subs);
+}
+
+/// Scenarios whose capture never got this command borrow it from the one that did: a kill before
+/// answer from the flash-cancel capture (-70-), playback and hangup from the answered one (-10-).
+fn follow_fallback(kind: &str) -> Option<Vec<Block>> {
+    let donor = match kind {
+        "kill" => "esl-inbound-70-flashcall-cancel-plain",
+        _ => "esl-inbound-10-answered-plain",
+    };
+    scenario(donor).follow.get(kind).cloned()
+}
+
+fn originate(cmd: &str, tx: &mpsc::UnboundedSender<Vec<u8>>, state: &Arc<Mutex<State>>) {
+    let job = header(cmd.as_bytes(), "Job-UUID").unwrap_or_default();
+    let first = cmd.lines().next().unwrap_or("");
+    let uuid = first
+        .split("origination_uuid=")
+        .nth(1)
+        .and_then(|s| s.get(..36))
+        .unwrap_or("")
+        .to_string();
+    let vid = first
+        .split("callcode_verification_id=")
+        .nth(1)
+        .and_then(|s| s.split([',', '}']).next())
+        .unwrap_or("")
+        .to_string();
+    let number = first
+        .split("/carrier/")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .unwrap_or("")
+        .to_string();
+    // Fact 5: the reply names our Job-UUID.
+    let _ = tx.send(
+        format!(
+            "Content-Type: command/reply\nReply-Text: +OK Job-UUID: {job}\nJob-UUID: {job}\n\n"
+        )
+        .into_bytes(),
+    );
+    if number.ends_with(GATEWAY_DOWN) {
+        // No transcript: the README's gotcha says GATEWAY_DOWN arrives only as the BACKGROUND_JOB
+        // body, with no channel events; the message is -01-'s INVALID_PROFILE job result.
+        let captured = transcript("esl-inbound-01-basics")
+            .into_iter()
+            .find(|b| b.to_client && text(&b.bytes).contains("-ERR INVALID_PROFILE"))
+            .expect("captured INVALID_PROFILE job");
+        let captured_job = text(&captured.bytes)
+            .lines()
+            .find_map(|l| l.strip_prefix("Job-UUID: ").map(str::to_string))
+            .unwrap();
+        let subs = vec![
+            (captured_job, job),
+            ("INVALID_PROFILE".to_string(), "GATEWAY_DOWN".to_string()),
+        ];
+        emit(state, substitute(&captured.bytes, &subs));
+        return;
+    }
+    let Some((_, name)) = SCENARIOS.iter().find(|(s, _)| number.ends_with(s)) else {
+        panic!("peer: no scenario for {number}");
+    };
+    let sc = scenario(name);
+    let subs = vec![
+        (sc.channel.clone(), uuid.clone()),
+        (sc.job.clone(), job),
+        (
+            CAPTURED_VAR.to_string(),
+            "callcode_verification_id".to_string(),
+        ),
+        (CAPTURED_VAR_VALUE.to_string(), vid),
+        (CAPTURED_NUMBER.to_string(), number),
+    ];
+    let mut blocks = sc.originate.clone();
+    // The reply to bgapi was sent above.
+    if blocks
+        .first()
+        .is_some_and(|b| text(&b.bytes).starts_with("Content-Type: command/reply"))
+    {
+        blocks.remove(0);
+    }
+    state.lock().unwrap().channels.insert(
+        uuid.clone(),
+        Channel {
+            scenario: Some(sc),
+            subs: subs.clone(),
+            alive: true,
+        },
+    );
+    play_segment(state.clone(), uuid, blocks, subs);
+}
+
+/// A configuration pointing callcode at `peers` (one FreeSWITCH server each), with the test
+/// timings and sandbox-like account of `sandbox_config`.
+pub fn freeswitch_config(
+    peers: &[SocketAddr],
+    extra_accounts: &str,
+    extra_settings: &str,
+    timings: &str,
+) -> String {
+    let servers: String = peers
+        .iter()
+        .map(|a| {
+            format!(
+                "\n[[backends.settings.servers]]\naddress = \"{a}\"\npassword = \"{PASSWORD}\"\n"
+            )
+        })
+        .collect();
+    super::sandbox_config(extra_accounts, timings, 5)
+        .replace("backend = \"sandbox\"", "backend = \"fs\"")
+        .replace(
+            "[[backends]]\nname = \"sandbox\"\nkind = \"sandbox\"\n[backends.settings]\nring_after_ms = 100\nanswer_after_ms = 400\n",
+            &format!(
+                "[[backends]]\nname = \"fs\"\nkind = \"freeswitch\"\n[backends.settings]\nendpoint = \"sofia/gateway/carrier/{{number}}\"\nsounds_dir = \"/usr/share/callcode/sounds\"\nreconnect_initial_ms = 50\nreconnect_max_ms = 200\n{extra_settings}\n{servers}"
+            ),
+        )
+}
+
+/// Reads everything one outbound connection says, for the socket-mode peer.
+pub async fn read_command(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let cmd = text(&buf[..end]);
+            buf.drain(..end + 2);
+            return Some(cmd);
+        }
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+            Ok(Ok(k)) => buf.extend_from_slice(&chunk[..k]),
+        }
+    }
+}
