@@ -412,3 +412,50 @@ async fn channel_of(server: &Server, id: &Value) -> String {
     .await
     .unwrap_or_default()
 }
+
+#[tokio::test]
+async fn answered_call_handed_to_the_outbound_socket_plays_over_it() {
+    let peer = Peer::start().await;
+    let server = start(
+        &peer,
+        "answered_calls = \"socket\"\noutbound_listen = \"127.0.0.1:0\"",
+    )
+    .await;
+    let receiver = Receiver::start(0).await;
+    let (reply, cb) = call(
+        &server,
+        &receiver,
+        json!({"number": "79990000095", "voice": {"code": "4821"}}),
+    )
+    .await;
+    assert_eq!(cb["state"], "ANSWERED", "{cb}");
+    assert_eq!(outcome(&server, id_of(&reply)).await, "answered");
+    let originate = &peer.sent_containing("bgapi originate")[0];
+    // Quoted, or FreeSWITCH runs the socket in static mode (-03-).
+    assert!(
+        originate.contains("}sofia/gateway/carrier/79990000095 '&socket(127.0.0.1:"),
+        "{originate}"
+    );
+    assert!(originate.contains(" async full)'\n"), "{originate}");
+    let out = peer.outbound_commands();
+    assert_eq!(out[..3], ["connect", "myevents", "linger"], "{out:#?}");
+    let plays: Vec<String> = out
+        .iter()
+        .filter(|c| c.starts_with("sendmsg\ncall-command: execute\nexecute-app-name: playback"))
+        .map(|c| c.lines().nth(3).unwrap().to_string())
+        .collect();
+    let dir = "execute-app-arg: /usr/share/callcode/sounds/ru";
+    assert_eq!(
+        plays,
+        ["your_code_is", "4", "8", "2", "1"].map(|s| format!("{dir}/{s}.wav"))
+    );
+    assert_eq!(
+        out.last().unwrap(),
+        "sendmsg\ncall-command: hangup\nhangup-cause: NORMAL_CLEARING"
+    );
+    // Nothing was played or hung up over the inbound connection.
+    let uuid = channel(&peer, "79990000095");
+    assert!(peer.playbacks(&uuid).is_empty());
+    assert!(peer.sent_containing(&format!("sendmsg {uuid}")).is_empty());
+    assert!(receiver.quiet_for(300).await);
+}

@@ -188,7 +188,13 @@ struct Scenario {
 }
 
 fn command_kind(c: &str) -> Option<&'static str> {
-    if c.starts_with("api uuid_kill") {
+    if c == "connect" {
+        Some("connect")
+    } else if c == "myevents" {
+        Some("myevents")
+    } else if c == "linger" {
+        Some("linger")
+    } else if c.starts_with("api uuid_kill") {
         Some("kill")
     } else if c.starts_with("sendmsg") && c.contains("call-command: hangup") {
         Some("hangup")
@@ -206,47 +212,76 @@ fn scenario(name: &str) -> Scenario {
         .position(|b| !b.to_client && text(&b.bytes).starts_with("bgapi originate"))
         .expect("originate in capture");
     let bg_text = text(&blocks[bg].bytes);
-    let job = header(&blocks[bg].bytes, "Job-UUID").expect("captured Job-UUID");
+    // The capture's own Job-UUID, or the one FreeSWITCH chose and named in its reply (-95-).
+    let job = header(&blocks[bg].bytes, "Job-UUID")
+        .or_else(|| header(&blocks[bg + 1].bytes, "Job-UUID"))
+        .expect("captured Job-UUID");
     let channel = bg_text
         .split("origination_uuid=")
         .nth(1)
         .map(|s| s[..36].to_string())
         .expect("captured origination_uuid");
-    let mut segments: Vec<(String, Vec<Block>)> = vec![(bg_text, Vec::new())];
-    for b in &blocks[bg + 1..] {
-        if b.to_client {
-            segments.last_mut().unwrap().1.push(b.clone());
-        } else {
-            segments.push((text(&b.bytes), Vec::new()));
-        }
-    }
-    let mut follow = HashMap::new();
-    let mut playback_app_uuid = None;
-    let mut playback_file = None;
-    for (cmd, blocks) in &segments[1..] {
-        if let Some(kind) = command_kind(cmd) {
-            if follow.contains_key(kind) {
-                continue;
-            }
-            if kind == "playback" {
-                playback_file = header(cmd.as_bytes(), "execute-app-arg");
-                playback_app_uuid = blocks.iter().find_map(|b| {
-                    let t = text(&b.bytes);
-                    (t.contains("Event-Name: CHANNEL_EXECUTE_COMPLETE"))
-                        .then(|| header(&b.bytes, "Application-UUID"))
-                        .flatten()
-                });
-            }
-            follow.insert(kind, blocks.clone());
-        }
-    }
+    let segments = segments(&blocks[bg..]);
+    let follow = Follow::of(&segments[1..]);
     Scenario {
         channel,
         job,
         originate: segments[0].1.clone(),
-        follow,
-        playback_app_uuid,
-        playback_file,
+        follow: follow.segments,
+        playback_app_uuid: follow.playback_app_uuid,
+        playback_file: follow.playback_file,
+    }
+}
+
+/// Blocks from a client command on, cut at every client command: (command, FreeSWITCH's blocks
+/// after it).
+fn segments(blocks: &[Block]) -> Vec<(String, Vec<Block>)> {
+    let mut out: Vec<(String, Vec<Block>)> = Vec::new();
+    for b in blocks {
+        if b.to_client {
+            if let Some(last) = out.last_mut() {
+                last.1.push(b.clone());
+            }
+        } else {
+            out.push((text(&b.bytes).trim_end().to_string(), Vec::new()));
+        }
+    }
+    out
+}
+
+/// FreeSWITCH's answer to each kind of command, as first captured.
+struct Follow {
+    segments: HashMap<&'static str, Vec<Block>>,
+    playback_app_uuid: Option<String>,
+    playback_file: Option<String>,
+}
+
+impl Follow {
+    fn of(segments: &[(String, Vec<Block>)]) -> Follow {
+        let mut f = Follow {
+            segments: HashMap::new(),
+            playback_app_uuid: None,
+            playback_file: None,
+        };
+        for (cmd, blocks) in segments {
+            let Some(kind) = command_kind(cmd) else {
+                continue;
+            };
+            if f.segments.contains_key(kind) {
+                continue;
+            }
+            if kind == "playback" {
+                f.playback_file = header(cmd.as_bytes(), "execute-app-arg");
+                f.playback_app_uuid = blocks.iter().find_map(|b| {
+                    let t = text(&b.bytes);
+                    t.contains("Event-Name: CHANNEL_EXECUTE_COMPLETE")
+                        .then(|| header(&b.bytes, "Application-UUID"))
+                        .flatten()
+                });
+            }
+            f.segments.insert(kind, blocks.clone());
+        }
+        f
     }
 }
 
@@ -372,6 +407,15 @@ impl Peer {
             .collect()
     }
 
+    /// What callcode said on outbound (`socket` application) connections, in order.
+    pub fn outbound_commands(&self) -> Vec<String> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.connection == 0)
+            .map(|r| r.text)
+            .collect()
+    }
+
     /// Channel UUIDs callcode originated, by dialled number.
     pub fn originated(&self) -> Vec<(String, String)> {
         self.received()
@@ -433,14 +477,26 @@ fn emit(state: &Arc<Mutex<State>>, bytes: Vec<u8>) {
     }
 }
 
-/// Plays a segment's blocks with compressed delays; stops early if the channel disappears.
+/// Plays a segment's blocks with compressed delays in the background.
 fn play_segment(
     state: Arc<Mutex<State>>,
     channel: String,
     blocks: Vec<Block>,
     subs: Vec<(String, String)>,
 ) {
-    tokio::spawn(async move {
+    tokio::spawn(play_blocks(state, channel, blocks, subs, None));
+}
+
+/// Plays blocks with compressed delays to the event connection (or `to`); stops early if the
+/// channel disappears.
+async fn play_blocks(
+    state: Arc<Mutex<State>>,
+    channel: String,
+    blocks: Vec<Block>,
+    subs: Vec<(String, String)>,
+    to: Option<mpsc::UnboundedSender<Vec<u8>>>,
+) {
+    {
         let mut last = blocks.first().map_or(0.0, |b| b.t);
         for b in blocks {
             let gap = ((b.t - last).max(0.0) / 20.0).min(0.4);
@@ -458,14 +514,19 @@ fn play_segment(
                 return;
             }
             let msg = substitute(&b.bytes, &subs);
-            if text(&msg).contains("Event-Name: CHANNEL_HANGUP_COMPLETE") {
+            if to.is_none() && text(&msg).contains("Event-Name: CHANNEL_HANGUP_COMPLETE") {
                 if let Some(c) = state.lock().unwrap().channels.get_mut(&channel) {
                     c.alive = false;
                 }
             }
-            emit(&state, msg);
+            match &to {
+                Some(tx) => {
+                    let _ = tx.send(msg);
+                }
+                None => emit(&state, msg),
+            }
         }
-    });
+    }
 }
 
 async fn connection(stream: TcpStream, n: usize, state: Arc<Mutex<State>>) {
@@ -699,6 +760,11 @@ fn originate(cmd: &str, tx: &mpsc::UnboundedSender<Vec<u8>>, state: &Arc<Mutex<S
     {
         blocks.remove(0);
     }
+    let socket = first
+        .split("'&socket(")
+        .nth(1)
+        .and_then(|s| s.strip_suffix(" async full)'"))
+        .map(str::to_string);
     state.lock().unwrap().channels.insert(
         uuid.clone(),
         Channel {
@@ -707,7 +773,84 @@ fn originate(cmd: &str, tx: &mpsc::UnboundedSender<Vec<u8>>, state: &Arc<Mutex<S
             alive: true,
         },
     );
-    play_segment(state.clone(), uuid, blocks, subs);
+    match socket {
+        None => play_segment(state.clone(), uuid, blocks, subs),
+        Some(addr) => {
+            // -95-: the inbound side sees the call up to its answer and job result; then the
+            // socket app connects out (-outbound-01-), and the inbound side sees the hang-up.
+            let answered = blocks
+                .iter()
+                .position(|b| text(&b.bytes).contains("Event-Name: BACKGROUND_JOB"))
+                .expect("job result in -95-");
+            let hangup = blocks
+                .iter()
+                .position(|b| text(&b.bytes).contains("Event-Name: CHANNEL_HANGUP\n"))
+                .expect("hang-up in -95-");
+            let tail = blocks[hangup..].to_vec();
+            blocks.truncate(answered + 1);
+            let state = state.clone();
+            tokio::spawn(async move {
+                play_blocks(state.clone(), uuid.clone(), blocks, subs.clone(), None).await;
+                outbound_session(state.clone(), &addr, &uuid, &subs).await;
+                play_blocks(state, uuid, tail, subs, None).await;
+            });
+        }
+    }
+}
+
+/// FreeSWITCH's `socket` application in async full mode, as in esl-outbound-01: connects to
+/// callcode, answers `connect`/`myevents`/`linger`, follows playbacks and the hang-up, then
+/// closes after the linger notice. Returns when the session is over.
+async fn outbound_session(
+    state: Arc<Mutex<State>>,
+    addr: &str,
+    uuid: &str,
+    subs: &[(String, String)],
+) {
+    let blocks = transcript("esl-outbound-01-answer-playback-linger");
+    let captured = "5b277458-d7a3-4d30-8d48-982c7818cc18";
+    let follow = Follow::of(&segments(&blocks));
+    let mut subs = subs.to_vec();
+    subs.push((captured.to_string(), uuid.to_string()));
+    let Ok(mut stream) = TcpStream::connect(addr).await else {
+        return;
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let mut buf = Vec::new();
+    loop {
+        tokio::select! {
+            out = rx.recv() => {
+                let Some(out) = out else { return };
+                let done = text(&out).contains("text/disconnect-notice");
+                if stream.write_all(&out).await.is_err() || done {
+                    return;
+                }
+            }
+            cmd = read_command(&mut stream, &mut buf) => {
+                let Some(cmd) = cmd else { return };
+                state.lock().unwrap().received.push(Received { connection: 0, text: cmd.clone() });
+                let Some(kind) = command_kind(&cmd) else {
+                    let _ = tx.send(reply("-ERR command not found"));
+                    continue;
+                };
+                let mut subs = subs.clone();
+                if kind == "playback" {
+                    let arg = header(cmd.as_bytes(), "execute-app-arg").unwrap_or_default();
+                    let event_uuid = header(cmd.as_bytes(), "Event-UUID").unwrap_or_default();
+                    if let Some(a) = &follow.playback_app_uuid {
+                        subs.push((a.clone(), event_uuid));
+                    }
+                    if let Some(f) = &follow.playback_file {
+                        subs.push((f.clone(), arg));
+                    }
+                }
+                let seg = follow.segments.get(kind).cloned().unwrap_or_default();
+                let tx = tx.clone();
+                let (state, uuid) = (state.clone(), uuid.to_string());
+                tokio::spawn(play_blocks(state, uuid, seg, subs, Some(tx)));
+            }
+        }
+    }
 }
 
 /// A configuration pointing callcode at `peers` (one FreeSWITCH server each), with the test

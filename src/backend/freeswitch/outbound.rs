@@ -24,7 +24,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::FramedRead;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::codec::{EslCodec, Limits};
 use super::command::Command as Esl;
@@ -111,7 +111,7 @@ pub(crate) async fn listen(
             tokio::spawn(async move {
                 let _permit = permit;
                 if let Err(e) = session(stream, shared).await {
-                    debug!(%peer, error = %e, "outbound session ended");
+                    warn!(%peer, error = %e, "outbound session ended");
                 }
             });
         }
