@@ -459,3 +459,54 @@ async fn answered_call_handed_to_the_outbound_socket_plays_over_it() {
     assert!(peer.sent_containing(&format!("sendmsg {uuid}")).is_empty());
     assert!(receiver.quiet_for(300).await);
 }
+
+#[tokio::test]
+async fn calls_spread_over_connected_servers_and_skip_a_dead_one() {
+    let (a, b) = (Peer::start().await, Peer::start().await);
+    // A third address where nothing listens.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let server = Server::start(&freeswitch_config(&[a.addr, dead, b.addr], "", "", FAST)).await;
+    for p in [&a, &b] {
+        p.wait_until(10, "subscribe", |p| {
+            !p.sent_containing("event plain").is_empty()
+        })
+        .await;
+    }
+    let receiver = Receiver::start(0).await;
+    // Ringing voice calls stay in flight until their answer time runs out.
+    for _ in 0..4 {
+        let (s, r) = server
+            .send(json!({"number": "79990000070", "voice": {}, "callback_url": receiver.url()}))
+            .await;
+        assert_eq!(s, 200, "{r}");
+    }
+    let cbs = receiver.collect(4, 20).await;
+    assert!(cbs.iter().all(|c| c.body["state"] == "NO ANSWER"));
+    assert_eq!(a.originated().len(), 2, "{:?}", a.originated());
+    assert_eq!(b.originated().len(), 2, "{:?}", b.originated());
+}
+
+#[tokio::test]
+async fn a_wrong_password_keeps_the_backend_unavailable() {
+    let peer = Peer::start().await;
+    let config = freeswitch_config(&[peer.addr], "", "", FAST).replace(
+        &format!("password = \"{}\"", common::freeswitch::PASSWORD),
+        "password = \"wrong\"",
+    );
+    let server = Server::start(&config).await;
+    // Refused (fact 2), retried with backoff, never subscribed.
+    peer.wait_until(10, "two auth attempts", |p| {
+        p.sent_containing("auth wrong").len() >= 2
+    })
+    .await;
+    assert_eq!(peer.auths(), 0);
+    assert!(peer.sent_containing("event plain").is_empty());
+    let (status, reply) = server
+        .send(json!({"number": "79990000010", "voice": {}}))
+        .await;
+    assert_ne!(status, 200, "{reply}");
+    assert!(peer.originated().is_empty());
+}

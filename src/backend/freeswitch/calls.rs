@@ -39,6 +39,9 @@ struct Call {
     dialled: Msisdn,
     language: Arc<str>,
     job: uuid::Uuid,
+    /// After this, nothing more is expected of the call: the engine has closed it by its own
+    /// timers, so the entry only leaks (its end was among lost events).
+    expires: std::time::Instant,
     channel_seen: bool,
     answered: bool,
     we_hung_up: bool,
@@ -93,13 +96,14 @@ impl Tracker {
         self.calls.get(&call).map(|c| c.language.clone())
     }
 
-    /// Registers a call about to be originated with job `job`.
+    /// Registers a call about to be originated with job `job`; it is forgotten at `expires`.
     pub fn originate(
         &mut self,
         call: CallId,
         dialled: Msisdn,
         language: Arc<str>,
         job: uuid::Uuid,
+        expires: std::time::Instant,
     ) {
         self.jobs.insert(job, call);
         self.calls.insert(
@@ -108,6 +112,7 @@ impl Tracker {
                 dialled,
                 language,
                 job,
+                expires,
                 channel_seen: false,
                 answered: false,
                 we_hung_up: false,
@@ -163,6 +168,19 @@ impl Tracker {
     pub fn originate_refused(&mut self, call: CallId, reply: &str, out: &mut Vec<BackendEvent>) {
         let q850 = err_cause(reply).unwrap_or(cause::code("INTERWORKING").unwrap_or(127));
         self.end(call, local_failure(q850), out);
+    }
+
+    /// Closes calls past their expiry as `Lost` (the engine ignores events of calls it closed).
+    pub fn expire(&mut self, now: std::time::Instant, out: &mut Vec<BackendEvent>) {
+        let old: Vec<CallId> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.expires <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for call in old {
+            self.lose(call, out);
+        }
     }
 
     /// The call is gone and nothing says how: reported as `Lost`.
@@ -394,6 +412,31 @@ mod tests {
     use super::super::event::Message;
     use super::*;
 
+    fn far() -> std::time::Instant {
+        std::time::Instant::now() + std::time::Duration::from_secs(3600)
+    }
+
+    #[test]
+    fn calls_past_their_expiry_are_lost_once() {
+        let mut t = Tracker::new(AnsweredCalls::Park);
+        let now = std::time::Instant::now();
+        let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        let n: Msisdn = "79990001122".parse().unwrap();
+        t.originate(a, n, "en".into(), uuid::Uuid::new_v4(), now);
+        t.originate(b, n, "en".into(), uuid::Uuid::new_v4(), far());
+        let mut out = Vec::new();
+        t.expire(now, &mut out);
+        t.expire(now, &mut out);
+        assert_eq!(
+            out,
+            vec![BackendEvent {
+                call: a,
+                event: CallEvent::Lost
+            }]
+        );
+        assert!(t.contains(b) && !t.contains(a));
+    }
+
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/freeswitch");
 
     fn events(name: &str) -> Vec<Event> {
@@ -433,7 +476,13 @@ mod tests {
         let evs = events(name);
         let (call, job) = ids(&evs);
         let mut t = Tracker::new(AnsweredCalls::Park);
-        t.originate(call, "79990001122".parse().unwrap(), "en".into(), job);
+        t.originate(
+            call,
+            "79990001122".parse().unwrap(),
+            "en".into(),
+            job,
+            far(),
+        );
         let mut out = Vec::new();
         for e in &evs {
             t.on_event(e, &mut out);
@@ -571,7 +620,13 @@ mod tests {
     fn a_job_failure_without_a_channel_ends_the_call_once() {
         let mut t = Tracker::new(AnsweredCalls::Park);
         let (call, job) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
-        t.originate(call, "79990001122".parse().unwrap(), "en".into(), job);
+        t.originate(
+            call,
+            "79990001122".parse().unwrap(),
+            "en".into(),
+            job,
+            far(),
+        );
         let body = format!(
             "Event-Name: BACKGROUND_JOB\nJob-UUID: {job}\nJob-Command: originate\nContent-Length: 18\n\n-ERR GATEWAY_DOWN\n"
         );
@@ -596,7 +651,13 @@ mod tests {
         let evs = events("esl-inbound-10-answered-plain");
         let (call, job) = ids(&evs);
         let mut t = Tracker::new(AnsweredCalls::Park);
-        t.originate(call, "79990001122".parse().unwrap(), "en".into(), job);
+        t.originate(
+            call,
+            "79990001122".parse().unwrap(),
+            "en".into(),
+            job,
+            far(),
+        );
         let mut out = Vec::new();
         // The capture's one Event-UUID'd playback was sent with `app-<uuid prefix>`; rewrite it
         // to one of ours the way the test peer does.
@@ -630,6 +691,7 @@ mod tests {
             "79990001122".parse().unwrap(),
             "en".into(),
             uuid::Uuid::new_v4(),
+            far(),
         );
         assert_eq!(t.hangup(call, 16), Some(HangupHow::Cancel));
         t.mark_answered(call);

@@ -233,9 +233,11 @@ impl Driver {
             Command::Originate(o) => {
                 let job = uuid::Uuid::new_v4();
                 let text = self.originate_command(&o);
+                let expires = std::time::Instant::now()
+                    + o.pbx_timeout
+                    + FreeswitchSettings::ms(self.settings.lost_after_ms);
                 self.tracker
-                    .originate(o.call, o.destination, o.language.clone(), job);
-                self.link.in_flight.fetch_add(1, Ordering::Relaxed);
+                    .originate(o.call, o.destination, o.language.clone(), job, expires);
                 debug!(call = %o.call, server = %self.link.address, "originate");
                 let job_text = job.to_string();
                 Self::write(
@@ -306,7 +308,6 @@ impl Driver {
     async fn offline_command(&mut self, c: Command) {
         match c {
             Command::Originate(o) => {
-                self.link.in_flight.fetch_add(1, Ordering::Relaxed);
                 let h = Hangup {
                     q850: SERVER_DOWN_CAUSE,
                     sip_status: None,
@@ -450,6 +451,9 @@ impl Driver {
                     }
                 }
                 _ = tick.tick() => {
+                    let mut expired = Vec::new();
+                    self.tracker.expire(std::time::Instant::now(), &mut expired);
+                    self.emit(expired).await;
                     if last_rx.elapsed() > liveness {
                         warn!(server = %self.link.address, "FreeSWITCH silent past the liveness timeout; reconnecting");
                         return true;

@@ -85,43 +85,59 @@ impl Event {
     /// taken as the body.
     pub fn parse_json(body: &[u8], max_headers: usize) -> Result<Event, EventError> {
         use serde::de::{Deserializer, MapAccess, Visitor};
-        struct Pairs(Vec<(String, String)>, usize);
-        impl<'de> Visitor<'de> for &mut Pairs {
+        // Keys and values are copied straight into one buffer; strings without escapes are
+        // borrowed from the input on the way, so no String is built per header.
+        struct Flat {
+            buf: BytesMut,
+            spans: Vec<Span>,
+            body: Option<(usize, usize)>,
+            max: usize,
+        }
+        impl<'de> Visitor<'de> for &mut Flat {
             type Value = ();
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a flat JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-                while let Some(k) = map.next_key::<String>()? {
-                    if self.0.len() >= self.1 {
+                while let Some(k) = map.next_key::<JsonText<'de>>()? {
+                    if self.spans.len() >= self.max {
                         return Err(serde::de::Error::custom("too many keys"));
                     }
-                    let v = match map.next_value::<serde_json::Value>()? {
-                        serde_json::Value::String(s) => s,
-                        other => other.to_string(),
-                    };
-                    self.0.push((k, v));
+                    let n0 = self.buf.len();
+                    self.buf.extend_from_slice(k.0.as_bytes());
+                    let n1 = self.buf.len();
+                    let v = map.next_value::<JsonText<'de>>()?;
+                    self.buf.extend_from_slice(v.0.as_bytes());
+                    let v1 = self.buf.len();
+                    if k.0 == "_body" {
+                        self.body = Some((n1, v1));
+                    } else {
+                        self.spans.push(Span {
+                            name: (n0 as u32, n1 as u32),
+                            value: (n1 as u32, v1 as u32),
+                        });
+                    }
                 }
                 Ok(())
             }
         }
-        let mut pairs = Pairs(Vec::new(), max_headers);
+        let mut flat = Flat {
+            buf: BytesMut::with_capacity(body.len()),
+            spans: Vec::with_capacity(64),
+            body: None,
+            max: max_headers,
+        };
         let mut de = serde_json::Deserializer::from_slice(body);
-        de.deserialize_map(&mut pairs)
+        de.deserialize_map(&mut flat)
             .and_then(|_| de.end())
             .map_err(|e| EventError::Json(e.to_string()))?;
-        let mut event_body = Bytes::new();
-        let pairs = pairs.0.into_iter().filter_map(|(k, v)| {
-            if k == "_body" {
-                event_body = Bytes::from(v);
-                None
-            } else {
-                Some((k, v))
-            }
-        });
-        let headers = owned_headers(pairs);
+        let block = flat.buf.freeze();
+        let event_body = flat
+            .body
+            .map(|(a, b)| block.slice(a..b))
+            .unwrap_or_default();
         Ok(Event {
-            headers,
+            headers: Headers::from_parts(block, flat.spans),
             percent_encoded: false,
             body: event_body,
             format: Format::Json,
@@ -211,12 +227,65 @@ impl Event {
             })
     }
 
+    /// Every `(name, value)` in wire order, values decoded.
+    pub fn decoded(&self) -> impl Iterator<Item = (&[u8], Cow<'_, str>)> {
+        self.headers.iter().map(move |(n, v)| {
+            let v = if self.percent_encoded {
+                percent_decode(v)
+            } else {
+                String::from_utf8_lossy(v)
+            };
+            (n, v)
+        })
+    }
+
     pub fn name(&self) -> Option<Cow<'_, str>> {
         self.get("Event-Name")
     }
 
     pub fn header_count(&self) -> usize {
         self.headers.len()
+    }
+}
+
+/// A JSON scalar as text: strings borrowed when they need no unescaping, numbers and booleans
+/// written out. Arrays and objects are refused: FreeSWITCH's events are flat.
+struct JsonText<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for JsonText<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = JsonText<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string, number, boolean or null")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(JsonText(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(JsonText(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(JsonText(Cow::Owned(v)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(JsonText(Cow::Owned(v.to_string())))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(JsonText(Cow::Owned(v.to_string())))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(JsonText(Cow::Owned(v.to_string())))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(JsonText(Cow::Owned(v.to_string())))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(JsonText(Cow::Borrowed("")))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 

@@ -296,6 +296,10 @@ impl Backend for FreeSwitch {
                     .lock()
                     .map_err(|_| unavailable())?
                     .insert(o.call, index);
+                // Counted here, not by the driver, so calls submitted back to back spread out.
+                if let Some(s) = self.servers.get(index) {
+                    s.in_flight.fetch_add(1, Ordering::Relaxed);
+                }
                 index
             }
             Command::Play { call, .. } | Command::Hangup { call, .. } => {
