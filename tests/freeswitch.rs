@@ -510,3 +510,108 @@ async fn a_wrong_password_keeps_the_backend_unavailable() {
     assert_ne!(status, 200, "{reply}");
     assert!(peer.originated().is_empty());
 }
+
+#[tokio::test]
+async fn an_idle_connection_is_probed_and_a_silent_one_replaced() {
+    let peer = Peer::start().await;
+    let _server = start(&peer, "ping_interval_ms = 100\nliveness_timeout_ms = 400").await;
+    peer.wait_until(10, "a status probe", |p| {
+        !p.sent_containing("api status").is_empty()
+    })
+    .await;
+    assert_eq!(peer.auths(), 1, "probes answered: no reconnect");
+    peer.mute(true);
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    peer.mute(false);
+    peer.wait_until(10, "a reconnect after silence", |p| p.auths() >= 2)
+        .await;
+}
+
+#[tokio::test]
+async fn calls_of_a_server_that_stays_away_are_closed_as_interrupted() {
+    let peer = Peer::start().await;
+    let server = start(&peer, "lost_after_ms = 300").await;
+    let receiver = Receiver::start(0).await;
+    let (s, r) = server
+        .send(json!({"number": "79990000070", "voice": {}, "callback_url": receiver.url()}))
+        .await;
+    assert_eq!(s, 200, "{r}");
+    peer.wait_until(5, "ringing", |p| p.originated().len() == 1)
+        .await;
+    peer.stop();
+    let cb = receiver.next(10).await.body;
+    assert_eq!(cb["id"], r["id"]);
+    assert_eq!(cb["state"], "CANCEL", "{cb}");
+    assert_eq!(outcome(&server, id_of(&r)).await, "interrupted");
+    // While it is away the backend takes no calls.
+    let (status, reply) = server
+        .send(json!({"number": "79990000010", "voice": {}}))
+        .await;
+    assert_ne!(status, 200, "{reply}");
+}
+
+#[tokio::test]
+async fn shutdown_says_exit_and_closes_the_outbound_listener() {
+    let peer = Peer::start().await;
+    let server = start(
+        &peer,
+        "answered_calls = \"socket\"\noutbound_listen = \"127.0.0.1:0\"",
+    )
+    .await;
+    let receiver = Receiver::start(0).await;
+    let (_, cb) = call(
+        &server,
+        &receiver,
+        json!({"number": "79990000095", "voice": {"code": "4821"}}),
+    )
+    .await;
+    assert_eq!(cb["state"], "ANSWERED");
+    let originate = &peer.sent_containing("bgapi originate")[0];
+    let listen: std::net::SocketAddr = originate
+        .split("'&socket(")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(listen).await.is_ok());
+    let status = server.terminate().await;
+    assert!(status.success(), "{status:?}");
+    assert_eq!(peer.sent_containing("exit"), vec!["exit".to_string()]);
+    assert!(tokio::net::TcpStream::connect(listen).await.is_err());
+}
+
+#[tokio::test]
+async fn outbound_sessions_beyond_the_limit_are_refused() {
+    let peer = Peer::start().await;
+    let server = start(
+        &peer,
+        "answered_calls = \"socket\"\noutbound_listen = \"127.0.0.1:0\"\noutbound_max_sessions = 1",
+    )
+    .await;
+    let receiver = Receiver::start(0).await;
+    let body =
+        json!({"number": "79990000095", "voice": {"code": "4821"}, "callback_url": receiver.url()});
+    let (a, b) = tokio::join!(server.send(body.clone()), server.send(body));
+    assert_eq!(a.0, 200);
+    assert_eq!(b.0, 200);
+    let cbs = receiver.collect(2, 20).await;
+    let mut states: Vec<String> = cbs
+        .iter()
+        .map(|c| c.body["state"].as_str().unwrap().to_string())
+        .collect();
+    states.sort();
+    // The refused session's call is never handed over, so it is not answered for callcode.
+    assert_eq!(states, ["ANSWERED", "NO ANSWER"]);
+    let connects = peer
+        .outbound_commands()
+        .iter()
+        .filter(|c| *c == "connect")
+        .count();
+    assert_eq!(connects, 1, "{:#?}", peer.outbound_commands());
+    let metrics = server.get_text("/metrics").await;
+    assert!(
+        metrics.contains("callcode_freeswitch_outbound_refused_total 1"),
+        "{metrics}"
+    );
+}

@@ -318,6 +318,8 @@ struct State {
     auths: usize,
     /// Channels the next cut makes disappear.
     vanish_on_cut: Vec<String>,
+    /// A hung FreeSWITCH: commands are read and never answered.
+    muted: bool,
 }
 
 pub struct Peer {
@@ -454,6 +456,17 @@ impl Peer {
         }
     }
 
+    /// Stops answering anything (a hung switch), or starts again.
+    pub fn mute(&self, muted: bool) {
+        self.state.lock().unwrap().muted = muted;
+    }
+
+    /// FreeSWITCH goes away for good: no more connections, every current one cut.
+    pub fn stop(&self) {
+        self.accept.abort();
+        self.cut(&[]);
+    }
+
     /// Cuts every connection, as a network failure would; `vanish` channels end during the gap
     /// (their events are lost, and `uuid_exists` says false afterwards).
     pub fn cut(&self, vanish: &[String]) {
@@ -551,6 +564,9 @@ async fn connection(stream: TcpStream, n: usize, state: Arc<Mutex<State>>) {
                 connection: n,
                 text: cmd.clone(),
             });
+            if state.lock().unwrap().muted {
+                continue;
+            }
             if !authed {
                 // Fact 2.
                 if cmd == format!("auth {PASSWORD}") {
