@@ -173,8 +173,94 @@ fn chunked_frames(data: &[u8], sizes: &[usize]) -> Vec<OwnedFrame> {
     out
 }
 
+#[test]
+fn disconnect_notices_carry_their_disposition() {
+    for (name, disposition) in [
+        ("esl-inbound-99-shutdown", None),
+        ("esl-outbound-01-answer-playback-linger", Some("linger")),
+        ("esl-outbound-02-remote-bye-json", Some("disconnect")),
+    ] {
+        let rx = std::fs::read(fixtures().join(format!("{name}.rx.txt"))).unwrap();
+        let (frames, _) = decode_all(&rx, Limits::default()).unwrap();
+        let last = Message::from_frame(frames.last().unwrap().clone(), 4096).unwrap();
+        let Message::Disconnect { headers, body } = last else {
+            panic!("{name}: last message is not a disconnect notice")
+        };
+        assert_eq!(
+            headers.get_str("Content-Disposition"),
+            disposition,
+            "{name}"
+        );
+        if disposition.is_none() {
+            assert_eq!(&body[..], b"The system is being shut down.\n");
+        }
+    }
+}
+
+/// FreeSWITCH's `switch_url_encode` (fixture README, fact 6).
+fn fs_url_encode(v: &str) -> String {
+    let mut out = String::new();
+    for b in v.bytes() {
+        if b < 0x20 || b > 0x7e || b"\r\n #%&+:;<=>?@[\\]^`{|}\"".contains(&b) {
+            out.push_str(&format!("%{b:02X}"));
+        } else {
+            out.push(b as char);
+        }
+    }
+    out
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn frames_round_trip(
+        headers in prop::collection::vec(("[A-Za-z][A-Za-z0-9-]{0,20}", "[ -~]{0,40}"), 0..20),
+        body in prop::collection::vec(any::<u8>(), 0..2000),
+    ) {
+        let headers: Vec<(String, String)> = headers
+            .into_iter()
+            .filter(|(n, _)| n != "Content-Length")
+            .map(|(n, v)| (n, v.trim_start().to_string()))
+            .collect();
+        let mut wire = Vec::new();
+        for (n, v) in &headers {
+            wire.extend_from_slice(format!("{n}: {v}\n").as_bytes());
+        }
+        wire.extend_from_slice(format!("Content-Length: {}\n\n", body.len()).as_bytes());
+        wire.extend_from_slice(&body);
+        let (frames, rest) = decode_all(&wire, Limits::default()).unwrap();
+        prop_assert_eq!(rest, 0);
+        prop_assert_eq!(frames.len(), 1);
+        let got: Vec<(String, String)> = frames[0]
+            .headers
+            .iter()
+            .map(|(n, v)| (String::from_utf8_lossy(n).into_owned(), String::from_utf8_lossy(v).into_owned()))
+            .collect();
+        prop_assert_eq!(&got[..headers.len()], &headers[..]);
+        prop_assert_eq!(&frames[0].body[..], &body[..]);
+    }
+
+    #[test]
+    fn plain_event_values_round_trip_through_percent_encoding(
+        values in prop::collection::vec("\\PC{0,30}", 1..10),
+    ) {
+        let mut body = String::from("Event-Name: CUSTOM\n");
+        for (i, v) in values.iter().enumerate() {
+            body.push_str(&format!("H{i}: {}\n", fs_url_encode(v)));
+        }
+        body.push('\n');
+        let wire = format!("Content-Length: {}\nContent-Type: text/event-plain\n\n{body}", body.len());
+        let (frames, _) = decode_all(wire.as_bytes(), Limits::default()).unwrap();
+        let Message::Event(e) = Message::from_frame(frames[0].clone(), 4096).unwrap() else {
+            panic!("not an event");
+        };
+        for (i, v) in values.iter().enumerate() {
+            let name = format!("H{i}");
+            let got = e.get(&name).map(|c| c.into_owned());
+            prop_assert_eq!(got.as_deref(), Some(v.as_str()));
+        }
+    }
 
     #[test]
     fn every_capture_in_random_chunks_gives_the_same_frames(
