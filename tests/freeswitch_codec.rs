@@ -201,7 +201,7 @@ fn disconnect_notices_carry_their_disposition() {
 fn fs_url_encode(v: &str) -> String {
     let mut out = String::new();
     for b in v.bytes() {
-        if b < 0x20 || b > 0x7e || b"\r\n #%&+:;<=>?@[\\]^`{|}\"".contains(&b) {
+        if !(0x20..=0x7e).contains(&b) || b"\r\n #%&+:;<=>?@[\\]^`{|}\"".contains(&b) {
             out.push_str(&format!("%{b:02X}"));
         } else {
             out.push(b as char);
