@@ -43,6 +43,21 @@ async fn outcome(server: &Server, id: i64) -> String {
     .unwrap_or_default()
 }
 
+/// FreeSWITCH's own events ended the call (callcode did not have to close it on its timer).
+async fn assert_confirmed(server: &Server, id: i64) {
+    let v = db_value(
+        &server.db_path(),
+        "SELECT hangup_unconfirmed FROM call_records WHERE verification_id = ?",
+        id,
+    )
+    .await;
+    assert_eq!(
+        v.as_deref(),
+        Some("0"),
+        "verification {id}: hang-up not confirmed"
+    );
+}
+
 /// The channel callcode originated for `number`.
 fn channel(peer: &Peer, number: &str) -> String {
     peer.originated()
@@ -66,6 +81,7 @@ async fn answered_voice_with_repeat_plays_every_prompt_in_order_then_hangs_up() 
     assert_eq!(cb["state"], "ANSWERED", "{cb}");
     let id = id_of(&reply);
     assert_eq!(outcome(&server, id).await, "answered");
+    assert_confirmed(&server, id).await;
     let uuid = channel(&peer, "79990000010");
     let dir = "/usr/share/callcode/sounds/ru";
     let one_round: Vec<String> = ["your_code_is", "4", "8", "2", "1"]
@@ -120,6 +136,7 @@ async fn flash_call_is_cancelled_after_ringing_and_counts_as_delivered() {
     .await;
     assert_eq!(cb["state"], "ANSWERED", "{cb}");
     assert_eq!(outcome(&server, id_of(&reply)).await, "delivered");
+    assert_confirmed(&server, id_of(&reply)).await;
     let uuid = channel(&peer, "79990000070");
     assert_eq!(
         peer.sent_containing("uuid_kill"),
@@ -151,6 +168,7 @@ async fn failures_map_through_the_cause_table() {
         let (reply, cb) = call(&server, &receiver, json!({"number": number, "voice": {}})).await;
         assert_eq!(cb["state"], state, "{number}: {cb}");
         assert_eq!(outcome(&server, id_of(&reply)).await, stored, "{number}");
+        assert_confirmed(&server, id_of(&reply)).await;
         let uuid = channel(&peer, number);
         // The far end (or FreeSWITCH's own timer) ended these: callcode sent no hang-up.
         assert!(
@@ -225,7 +243,7 @@ async fn forwarding_by_181_and_by_302_is_caught_by_the_redirect_guard() {
         !p.sent_containing("event plain").is_empty()
     })
     .await;
-    for number in ["79990000053", "79990000051"] {
+    for (n, number) in ["79990000053", "79990000051"].into_iter().enumerate() {
         let r = passwordcall(
             &server,
             json!({"phone_number": number, "is_with_redirect": true}),
@@ -236,6 +254,8 @@ async fn forwarding_by_181_and_by_302_is_caught_by_the_redirect_guard() {
         assert_eq!(cb["final_status"], "CANCEL", "{number}: {cb}");
         assert_eq!(cb["reason"], "redirected", "{number}: {cb}");
         assert_eq!(cb["duration"], 0, "{number}: no code was spoken");
+        // Verifications are numbered from 1 in a fresh database.
+        assert_confirmed(&server, n as i64 + 1).await;
         let uuid = channel(&peer, number);
         assert!(peer.playbacks(&uuid).is_empty(), "{number}");
     }
@@ -345,6 +365,9 @@ async fn three_interleaved_calls_each_get_their_own_outcome() {
     assert_eq!(state_of(&ids[0]), "BUSY");
     assert_eq!(state_of(&ids[1]), "ANSWERED");
     assert_eq!(state_of(&ids[2]), "ANSWERED");
+    for id in &ids {
+        assert_confirmed(&server, id.as_str().unwrap().parse().unwrap()).await;
+    }
     assert_eq!(peer.playbacks(&channel(&peer, "79990000010")).len(), 5);
     assert_eq!(peer.sent_containing("uuid_kill").len(), 1);
     assert_eq!(peer.originated().len(), 3);

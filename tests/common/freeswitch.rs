@@ -304,8 +304,31 @@ pub struct Received {
 #[derive(Debug, Clone)]
 struct Channel {
     scenario: Option<Scenario>,
-    subs: Vec<(String, String)>,
+    /// callcode's identifiers: channel UUID, Job-UUID, verification id, dialled number.
+    ids: Ids,
     alive: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Ids {
+    uuid: String,
+    job: String,
+    vid: String,
+    number: String,
+}
+
+/// Substitutions that put callcode's identifiers into a capture's messages.
+fn subs_for(sc: &Scenario, ids: &Ids) -> Vec<(String, String)> {
+    vec![
+        (sc.channel.clone(), ids.uuid.clone()),
+        (sc.job.clone(), ids.job.clone()),
+        (
+            CAPTURED_VAR.to_string(),
+            "callcode_verification_id".to_string(),
+        ),
+        (CAPTURED_VAR_VALUE.to_string(), ids.vid.clone()),
+        (CAPTURED_NUMBER.to_string(), ids.number.clone()),
+    ]
 }
 
 #[derive(Default)]
@@ -624,36 +647,26 @@ fn command(cmd: &str, tx: &mpsc::UnboundedSender<Vec<u8>>, state: &Arc<Mutex<Sta
         let _ = tx.send(api_response(if alive { "true" } else { "false" }));
     } else if let Some(rest) = first.strip_prefix("api uuid_kill ") {
         let uuid = rest.split(' ').next().unwrap_or("").to_string();
-        follow(state, tx, &uuid, "kill", &[], || {
+        follow(state, tx, &uuid, "kill", None, || {
             api_response("-ERR No such channel!\n")
         });
     } else if let Some(uuid) = first.strip_prefix("sendmsg ") {
         let uuid = uuid.trim().to_string();
         if cmd.contains("call-command: hangup") {
-            follow(state, tx, &uuid, "hangup", &[], || {
+            follow(state, tx, &uuid, "hangup", None, || {
                 reply(&format!("-ERR invalid session id [{uuid}]"))
             });
         } else {
             let arg = header(cmd.as_bytes(), "execute-app-arg").unwrap_or_default();
             let event_uuid = header(cmd.as_bytes(), "Event-UUID").unwrap_or_default();
-            let (app, file) = {
-                let s = state.lock().unwrap();
-                let sc = s.channels.get(&uuid).and_then(|c| c.scenario.clone());
-                (
-                    sc.as_ref().and_then(|s| s.playback_app_uuid.clone()),
-                    sc.as_ref().and_then(|s| s.playback_file.clone()),
-                )
-            };
-            let mut extra = Vec::new();
-            if let Some(a) = app {
-                extra.push((a, event_uuid));
-            }
-            if let Some(f) = file {
-                extra.push((f, arg));
-            }
-            follow(state, tx, &uuid, "playback", &extra, || {
-                reply(&format!("-ERR invalid session id [{uuid}]"))
-            });
+            follow(
+                state,
+                tx,
+                &uuid,
+                "playback",
+                Some((event_uuid, arg)),
+                || reply(&format!("-ERR invalid session id [{uuid}]")),
+            );
         }
     } else if first.starts_with("bgapi originate") {
         originate(cmd, tx, state);
@@ -670,26 +683,36 @@ fn follow(
     tx: &mpsc::UnboundedSender<Vec<u8>>,
     uuid: &str,
     kind: &str,
-    extra: &[(String, String)],
+    playback: Option<(String, String)>,
     gone: impl Fn() -> Vec<u8>,
 ) {
     let found = {
         let s = state.lock().unwrap();
         s.channels.get(uuid).filter(|c| c.alive).and_then(|c| {
-            let sc = c.scenario.as_ref()?;
-            let seg = sc
-                .follow
-                .get(kind)
-                .cloned()
-                .or_else(|| follow_fallback(kind))?;
-            Some((seg, c.subs.clone()))
+            let own = c.scenario.as_ref()?;
+            // The segment comes with the ids of the capture it was taken from.
+            let sc = if own.follow.contains_key(kind) {
+                own.clone()
+            } else {
+                donor(kind)
+            };
+            let seg = sc.follow.get(kind).cloned()?;
+            let mut subs = subs_for(&sc, &c.ids);
+            if let Some((event_uuid, arg)) = &playback {
+                if let Some(a) = &sc.playback_app_uuid {
+                    subs.push((a.clone(), event_uuid.clone()));
+                }
+                if let Some(f) = &sc.playback_file {
+                    subs.push((f.clone(), arg.clone()));
+                }
+            }
+            Some((seg, subs))
         })
     };
-    let Some((mut seg, mut subs)) = found else {
+    let Some((mut seg, subs)) = found else {
         let _ = tx.send(gone());
         return;
     };
-    subs.extend(extra.iter().cloned());
     // The first block is the reply to this very command: it goes on this connection now.
     if !seg.is_empty() {
         let first = seg.remove(0);
@@ -700,12 +723,11 @@ fn follow(
 
 /// Scenarios whose capture never got this command borrow it from the one that did: a kill before
 /// answer from the flash-cancel capture (-70-), playback and hangup from the answered one (-10-).
-fn follow_fallback(kind: &str) -> Option<Vec<Block>> {
-    let donor = match kind {
+fn donor(kind: &str) -> Scenario {
+    scenario(match kind {
         "kill" => "esl-inbound-70-flashcall-cancel-plain",
         _ => "esl-inbound-10-answered-plain",
-    };
-    scenario(donor).follow.get(kind).cloned()
+    })
 }
 
 fn originate(cmd: &str, tx: &mpsc::UnboundedSender<Vec<u8>>, state: &Arc<Mutex<State>>) {
@@ -758,16 +780,13 @@ fn originate(cmd: &str, tx: &mpsc::UnboundedSender<Vec<u8>>, state: &Arc<Mutex<S
         panic!("peer: no scenario for {number}");
     };
     let sc = scenario(name);
-    let subs = vec![
-        (sc.channel.clone(), uuid.clone()),
-        (sc.job.clone(), job),
-        (
-            CAPTURED_VAR.to_string(),
-            "callcode_verification_id".to_string(),
-        ),
-        (CAPTURED_VAR_VALUE.to_string(), vid),
-        (CAPTURED_NUMBER.to_string(), number),
-    ];
+    let ids = Ids {
+        uuid: uuid.clone(),
+        job,
+        vid,
+        number,
+    };
+    let subs = subs_for(&sc, &ids);
     let mut blocks = sc.originate.clone();
     // The reply to bgapi was sent above.
     if blocks
@@ -785,7 +804,7 @@ fn originate(cmd: &str, tx: &mpsc::UnboundedSender<Vec<u8>>, state: &Arc<Mutex<S
         uuid.clone(),
         Channel {
             scenario: Some(sc),
-            subs: subs.clone(),
+            ids,
             alive: true,
         },
     );
