@@ -373,25 +373,7 @@ impl Driver {
         let (queue_tx, mut queue) = mpsc::channel::<Message>(self.settings.event_queue);
         let server = self.link.address.clone();
         let reader = tokio::spawn(async move {
-            let mut frames = frames;
-            while let Some(frame) = frames.next().await {
-                let frame = match frame {
-                    Ok(f) => f,
-                    Err(e) => {
-                        warn!(%server, error = %e, "ESL stream error");
-                        break;
-                    }
-                };
-                match Message::from_frame(frame, Limits::default().max_headers) {
-                    Ok(m) => {
-                        if queue_tx.try_send(m).is_err() {
-                            metrics::counter!("callcode_freeswitch_messages_dropped_total")
-                                .increment(1);
-                        }
-                    }
-                    Err(e) => debug!(%server, error = %e, "unreadable ESL message skipped"),
-                }
-            }
+            pump(frames, &queue_tx, &server).await;
         });
         let mut pending = VecDeque::new();
         let result = self.run_session(&mut w, &mut queue, &mut pending).await;
@@ -480,6 +462,44 @@ impl Driver {
     }
 }
 
+/// What the reader did with the messages of one connection.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pumped {
+    pub queued: u64,
+    /// Dropped because the queue was full (the overflow policy: drop the newest, count it).
+    pub dropped: u64,
+}
+
+/// Reads frames until the stream ends or fails, never waiting on the consumer: a full queue
+/// drops the message and counts it, so the socket is always drained.
+pub async fn pump<S>(mut frames: S, queue: &mpsc::Sender<Message>, server: &str) -> Pumped
+where
+    S: futures_util::Stream<Item = Result<super::codec::Frame, super::codec::StreamError>> + Unpin,
+{
+    let mut stats = Pumped::default();
+    while let Some(frame) = frames.next().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(%server, error = %e, "ESL stream error");
+                break;
+            }
+        };
+        match Message::from_frame(frame, Limits::default().max_headers) {
+            Ok(m) => {
+                if queue.try_send(m).is_ok() {
+                    stats.queued += 1;
+                } else {
+                    stats.dropped += 1;
+                    metrics::counter!("callcode_freeswitch_messages_dropped_total").increment(1);
+                }
+            }
+            Err(e) => debug!(%server, error = %e, "unreadable ESL message skipped"),
+        }
+    }
+    stats
+}
+
 async fn next_message(
     frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, EslCodec>,
 ) -> Result<Message, String> {
@@ -534,5 +554,30 @@ pub(crate) async fn run(mut d: Driver) {
             warn!(server = %d.link.address, calls = d.tracker.len(), "FreeSWITCH unreachable; calls in flight are lost");
             d.lose_all().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_instead_of_blocking_the_reader() {
+        let rx = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/freeswitch/esl-inbound-10-answered-plain.rx.txt"
+        ))
+        .unwrap();
+        let (total, _) = super::super::codec::decode_all(&rx, Limits::default()).unwrap();
+        let (tx, mut queue) = mpsc::channel(4);
+        let frames = FramedRead::new(&rx[..], EslCodec::new(Limits::default()));
+        // Nobody consumes: the reader still reaches the end of the stream.
+        let stats = tokio::time::timeout(Duration::from_secs(10), pump(frames, &tx, "test"))
+            .await
+            .expect("the reader must not wait for the consumer");
+        assert_eq!(stats.queued, 4);
+        assert_eq!(stats.dropped, total.len() as u64 - 4);
+        // The oldest messages are the ones kept: the greeting comes first.
+        assert_eq!(queue.recv().await, Some(Message::AuthRequest));
     }
 }
