@@ -339,6 +339,18 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_config_loads() {
+        let c = crate::config::Config::parse(include_str!("../../../examples/freeswitch.toml"))
+            .unwrap();
+        let b = &c.backends[0];
+        assert_eq!(b.kind, crate::config::BackendKind::Freeswitch);
+        let s: FreeswitchSettings = b.settings.clone().try_into().unwrap();
+        s.validate().unwrap();
+        assert_eq!(s.servers[0].address, "127.0.0.1:8021");
+        assert_eq!(c.route_for("RU").unwrap().backend.get_ref(), "fs");
+    }
+
+    #[test]
     fn defaults_and_checks() {
         let s = settings("").unwrap();
         assert_eq!(s.answered_calls, AnsweredCallsSetting::Park);
