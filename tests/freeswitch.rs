@@ -638,3 +638,32 @@ async fn outbound_sessions_beyond_the_limit_are_refused() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_shutdown_notice_is_followed_by_a_reconnect_and_the_call_goes_on() {
+    let peer = Peer::start().await;
+    let server = start(&peer, "").await;
+    let receiver = Receiver::start(0).await;
+    let (s, r) = server
+        .send(json!({"number": "79990000070", "voice": {}, "callback_url": receiver.url()}))
+        .await;
+    assert_eq!(s, 200, "{r}");
+    peer.wait_until(5, "ringing", |p| p.originated().len() == 1)
+        .await;
+    let uuid = channel(&peer, "79990000070");
+    peer.restart();
+    peer.wait_until(10, "a reconnect", |p| p.auths() == 2).await;
+    let cb = receiver.next(10).await.body;
+    assert_eq!(cb["state"], "NO ANSWER", "{cb}");
+    assert_eq!(
+        peer.sent_containing(&format!("api uuid_exists {uuid}"))
+            .len(),
+        1
+    );
+    assert_confirmed(&server, id_of(&r)).await;
+    assert!(
+        server.log().contains("FreeSWITCH disconnected us"),
+        "{}",
+        server.log()
+    );
+}

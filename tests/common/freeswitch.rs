@@ -484,6 +484,29 @@ impl Peer {
         self.state.lock().unwrap().muted = muted;
     }
 
+    /// FreeSWITCH is shut down and started again (esl-inbound-99): the SHUTDOWN event and the
+    /// disconnect notice go out, the connections close, and new ones are accepted as before.
+    /// Channels survive only in this fake (a real restart ends them): `uuid_exists` says so.
+    pub fn restart(&self) {
+        let blocks = transcript("esl-inbound-99-shutdown");
+        let tail: Vec<Vec<u8>> = blocks
+            .iter()
+            .filter(|b| {
+                let t = text(&b.bytes);
+                b.to_client
+                    && (t.contains("Event-Name: SHUTDOWN") || t.contains("text/disconnect-notice"))
+            })
+            .map(|b| b.bytes.clone())
+            .collect();
+        assert_eq!(tail.len(), 2, "SHUTDOWN and the notice");
+        let mut s = self.state.lock().unwrap();
+        if let Some(tx) = s.current.take() {
+            for b in tail {
+                let _ = tx.send(b);
+            }
+        }
+    }
+
     /// FreeSWITCH goes away for good: no more connections, every current one cut.
     pub fn stop(&self) {
         self.accept.abort();
@@ -570,7 +593,9 @@ async fn connection(stream: TcpStream, n: usize, state: Arc<Mutex<State>>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let writer = tokio::spawn(async move {
         while let Some(b) = rx.recv().await {
-            if w.write_all(&b).await.is_err() {
+            // Fact 12: the socket closes after the notice.
+            let last = b.starts_with(b"Content-Type: text/disconnect-notice");
+            if w.write_all(&b).await.is_err() || last {
                 return;
             }
         }
