@@ -481,6 +481,10 @@ async fn answered_call_handed_to_the_outbound_socket_plays_over_it() {
     assert!(peer.playbacks(&uuid).is_empty());
     assert!(peer.sent_containing(&format!("sendmsg {uuid}")).is_empty());
     assert!(receiver.quiet_for(300).await);
+    assert!(
+        !server.log().contains("quote the socket"),
+        "async full mode expected"
+    );
 }
 
 #[tokio::test]
@@ -663,6 +667,40 @@ async fn a_shutdown_notice_is_followed_by_a_reconnect_and_the_call_goes_on() {
     assert_confirmed(&server, id_of(&r)).await;
     assert!(
         server.log().contains("FreeSWITCH disconnected us"),
+        "{}",
+        server.log()
+    );
+}
+
+#[tokio::test]
+async fn a_socket_session_in_static_mode_still_plays_and_is_reported() {
+    // -03-/-97-: what FreeSWITCH does with an unquoted socket argument (linger and api refused,
+    // replies held back until each app ends). callcode quotes it; should a dialplan not, the
+    // call still works and the log says what to fix.
+    let peer = Peer::start().await;
+    let server = start(
+        &peer,
+        "answered_calls = \"socket\"\noutbound_listen = \"127.0.0.1:0\"",
+    )
+    .await;
+    let receiver = Receiver::start(0).await;
+    let (_, cb) = call(
+        &server,
+        &receiver,
+        json!({"number": "79990000097", "voice": {"code": "4821"}}),
+    )
+    .await;
+    assert_eq!(cb["state"], "ANSWERED", "{cb}");
+    let plays = peer
+        .outbound_commands()
+        .iter()
+        .filter(|c| c.contains("execute-app-name: playback"))
+        .count();
+    assert_eq!(plays, 5);
+    assert!(
+        server
+            .log()
+            .contains("quote the socket application's argument"),
         "{}",
         server.log()
     );

@@ -44,6 +44,8 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("0070", "esl-inbound-70-flashcall-cancel-plain"),
     ("0080", "esl-inbound-80-remote-bye-plain"),
     ("0095", "esl-inbound-95-outbound-controller-1"),
+    // The socket app as FreeSWITCH runs it when its argument was not quoted (static mode).
+    ("0097", "esl-inbound-97-outbound-controller-static-1"),
 ];
 
 /// Suffix whose originate fails with `-ERR GATEWAY_DOWN` and no channel.
@@ -847,11 +849,16 @@ fn originate(cmd: &str, tx: &mpsc::UnboundedSender<Vec<u8>>, state: &Arc<Mutex<S
                 .position(|b| text(&b.bytes).contains("Event-Name: CHANNEL_HANGUP\n"))
                 .expect("hang-up in -95-");
             let tail = blocks[hangup..].to_vec();
+            let outbound = if name.contains("static") {
+                "esl-outbound-03-static-mode-unquoted-args"
+            } else {
+                "esl-outbound-01-answer-playback-linger"
+            };
             blocks.truncate(answered + 1);
             let state = state.clone();
             tokio::spawn(async move {
                 play_blocks(state.clone(), uuid.clone(), blocks, subs.clone(), None).await;
-                outbound_session(state.clone(), &addr, &uuid, &subs).await;
+                outbound_session(state.clone(), outbound, &addr, &uuid, &subs).await;
                 play_blocks(state, uuid, tail, subs, None).await;
             });
         }
@@ -863,15 +870,15 @@ fn originate(cmd: &str, tx: &mpsc::UnboundedSender<Vec<u8>>, state: &Arc<Mutex<S
 /// closes after the linger notice. Returns when the session is over.
 async fn outbound_session(
     state: Arc<Mutex<State>>,
+    capture: &str,
     addr: &str,
     uuid: &str,
     subs: &[(String, String)],
 ) {
-    let blocks = transcript("esl-outbound-01-answer-playback-linger");
-    let captured = "5b277458-d7a3-4d30-8d48-982c7818cc18";
+    // The outbound capture's channel is its inbound controller's, so `subs` covers its ids.
+    let blocks = transcript(capture);
     let follow = Follow::of(&segments(&blocks));
-    let mut subs = subs.to_vec();
-    subs.push((captured.to_string(), uuid.to_string()));
+    let subs = subs.to_vec();
     let Ok(mut stream) = TcpStream::connect(addr).await else {
         return;
     };
