@@ -87,6 +87,9 @@ pub(crate) struct Driver {
 
 type Io = std::io::Result<()>;
 
+/// The read half of a connection, framed.
+type Reader = FramedRead<tokio::net::tcp::OwnedReadHalf, EslCodec>;
+
 impl Driver {
     pub(crate) fn new(
         index: usize,
@@ -133,15 +136,7 @@ impl Driver {
     }
 
     /// TCP connect, auth and subscription, bounded by the connect timeout.
-    async fn connect(
-        &self,
-    ) -> Result<
-        (
-            FramedRead<tokio::net::tcp::OwnedReadHalf, EslCodec>,
-            OwnedWriteHalf,
-        ),
-        String,
-    > {
+    async fn connect(&self) -> Result<(Reader, OwnedWriteHalf), String> {
         let timeout = FreeswitchSettings::ms(self.settings.connect_timeout_ms);
         let handshake = async {
             let stream = TcpStream::connect(&self.link.address)
@@ -365,11 +360,7 @@ impl Driver {
 
     /// One connected session, until the connection fails or the backend stops. Returns false
     /// when the backend is stopping.
-    async fn session(
-        &mut self,
-        frames: FramedRead<tokio::net::tcp::OwnedReadHalf, EslCodec>,
-        mut w: OwnedWriteHalf,
-    ) -> bool {
+    async fn session(&mut self, frames: Reader, mut w: OwnedWriteHalf) -> bool {
         let (queue_tx, mut queue) = mpsc::channel::<Message>(self.settings.event_queue);
         let server = self.link.address.clone();
         let reader = tokio::spawn(async move {
@@ -500,9 +491,7 @@ where
     stats
 }
 
-async fn next_message(
-    frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, EslCodec>,
-) -> Result<Message, String> {
+async fn next_message(frames: &mut Reader) -> Result<Message, String> {
     let f = frames
         .next()
         .await
