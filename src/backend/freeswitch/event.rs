@@ -84,6 +84,22 @@ impl Event {
     /// Parses a `text/event-json` body: one flat object of strings, duplicate keys kept, `_body`
     /// taken as the body.
     pub fn parse_json(body: &[u8], max_headers: usize) -> Result<Event, EventError> {
+        if let Some((block, spans, event_body)) = scan_flat_json(body, max_headers) {
+            let event_body = event_body
+                .map(|(a, b)| block.slice(a..b))
+                .unwrap_or_default();
+            return Ok(Event {
+                headers: Headers::from_parts(block, spans),
+                percent_encoded: false,
+                body: event_body,
+                format: Format::Json,
+            });
+        }
+        Event::parse_json_serde(body, max_headers)
+    }
+
+    /// The general JSON path (any escape, non-string values, and every error report).
+    pub fn parse_json_serde(body: &[u8], max_headers: usize) -> Result<Event, EventError> {
         use serde::de::{Deserializer, MapAccess, Visitor};
         // Keys and values are copied straight into one buffer; strings without escapes are
         // borrowed from the input on the way, so no String is built per header.
@@ -248,6 +264,97 @@ impl Event {
     }
 }
 
+/// The fast path for what FreeSWITCH sends: one flat object whose values are all strings, with
+/// only the short escapes (`\"`, `\\`, `\/`, `\n`, `\r`, `\t`, `\b`, `\f`). Keys and values are
+/// copied (unescaped) into one buffer. Anything else (`\u` escapes, numbers, nesting, a syntax
+/// error, too many keys) returns `None` and goes to the serde path, which also reports errors.
+/// Lenient where serde is strict in one way only: raw control bytes inside strings are kept.
+/// The headers' buffer, their spans, and the `_body` range in the buffer.
+type Scanned = (Bytes, Vec<Span>, Option<(usize, usize)>);
+
+fn scan_flat_json(body: &[u8], max: usize) -> Option<Scanned> {
+    fn ws(b: &[u8], mut i: usize) -> usize {
+        while matches!(b.get(i), Some(b' ' | b'\n' | b'\r' | b'\t')) {
+            i += 1;
+        }
+        i
+    }
+    /// Copies the string starting at `i` (its opening quote) into `out`; returns its range in
+    /// `out` and the index after the closing quote.
+    fn string(b: &[u8], i: usize, out: &mut BytesMut) -> Option<(usize, usize, usize)> {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let start = out.len();
+        let mut j = i + 1;
+        loop {
+            let k = j + memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
+            out.extend_from_slice(b.get(j..k)?);
+            if b.get(k) == Some(&b'"') {
+                return Some((start, out.len(), k + 1));
+            }
+            let c = match b.get(k + 1)? {
+                b'"' => b'"',
+                b'\\' => b'\\',
+                b'/' => b'/',
+                b'n' => b'\n',
+                b'r' => b'\r',
+                b't' => b'\t',
+                b'b' => 0x08,
+                b'f' => 0x0c,
+                _ => return None,
+            };
+            out.extend_from_slice(&[c]);
+            j = k + 2;
+        }
+    }
+    let mut out = BytesMut::with_capacity(body.len());
+    let mut spans = Vec::with_capacity(64);
+    let mut event_body = None;
+    let mut i = ws(body, 0);
+    if body.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = ws(body, i + 1);
+    if body.get(i) == Some(&b'}') {
+        i += 1;
+    } else {
+        loop {
+            let (n0, n1, next) = string(body, i, &mut out)?;
+            i = ws(body, next);
+            if body.get(i) != Some(&b':') {
+                return None;
+            }
+            i = ws(body, i + 1);
+            let (v0, v1, next) = string(body, i, &mut out)?;
+            if out.get(n0..n1) == Some(b"_body") {
+                event_body = Some((v0, v1));
+            } else {
+                if spans.len() >= max {
+                    return None;
+                }
+                spans.push(Span {
+                    name: (n0 as u32, n1 as u32),
+                    value: (v0 as u32, v1 as u32),
+                });
+            }
+            i = ws(body, next);
+            match body.get(i) {
+                Some(b',') => i = ws(body, i + 1),
+                Some(b'}') => {
+                    i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    if ws(body, i) != body.len() {
+        return None;
+    }
+    Some((out.freeze(), spans, event_body))
+}
+
 /// A JSON scalar as text: strings borrowed when they need no unescaping, numbers and booleans
 /// written out. Arrays and objects are refused: FreeSWITCH's events are flat.
 struct JsonText<'a>(Cow<'a, str>);
@@ -389,6 +496,32 @@ pub fn plain_header_count(body: &[u8], max: usize) -> Result<usize, CodecError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn the_fast_json_path_agrees_with_serde(
+            pairs in prop::collection::vec(("\\PC{0,12}", any::<String>()), 0..12),
+            body in prop::option::of(any::<String>()),
+            spaced in any::<bool>(),
+        ) {
+            let mut map = Vec::new();
+            for (k, v) in &pairs {
+                map.push(format!("{}:{}", serde_json::to_string(k).unwrap(), serde_json::to_string(v).unwrap()));
+            }
+            if let Some(b) = &body {
+                map.push(format!("\"_body\":{}", serde_json::to_string(b).unwrap()));
+            }
+            let sep = if spaced { ", " } else { "," };
+            let text = format!("{{{}}}", map.join(sep));
+            let fast = Event::parse_json(text.as_bytes(), 64).unwrap();
+            let slow = Event::parse_json_serde(text.as_bytes(), 64).unwrap();
+            let a: Vec<_> = fast.decoded().map(|(n, v)| (n.to_vec(), v.into_owned())).collect();
+            let b: Vec<_> = slow.decoded().map(|(n, v)| (n.to_vec(), v.into_owned())).collect();
+            prop_assert_eq!(a, b);
+            prop_assert_eq!(fast.body, slow.body);
+        }
+    }
 
     #[test]
     fn plain_values_decode_lazily_and_plus_stays() {
@@ -421,6 +554,8 @@ mod tests {
         assert_eq!(e.get("N").as_deref(), Some("5"));
         assert_eq!(&e.body[..], b"-ERR USER_BUSY\n");
         assert!(Event::parse_json(b"[1]", 64).is_err());
+        assert!(Event::parse_json(br#"{"a":{"b":"c"}}"#, 64).is_err());
+        assert!(Event::parse_json(br#"{"a":"b""#, 64).is_err());
         assert!(Event::parse_json(b"{\"a\":\"b\"} x", 64).is_err());
         assert!(Event::parse_json(br#"{"a":"1","b":"2"}"#, 1).is_err());
     }
