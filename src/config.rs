@@ -265,6 +265,7 @@ pub struct BackendConfig {
 pub enum BackendKind {
     Sandbox,
     Asterisk,
+    Freeswitch,
 }
 
 /// An amount in hundredths of the currency unit (kopecks, cents). Written as a string or number
@@ -417,11 +418,18 @@ impl Config {
                 )
                 .map_err(|e| e.message().trim().to_string())
                 .and_then(|s| s.validate()),
+                BackendKind::Freeswitch => {
+                    crate::backend::freeswitch::FreeswitchSettings::deserialize(toml::Value::Table(
+                        b.settings.clone(),
+                    ))
+                    .map_err(|e| e.message().trim().to_string())
+                    .and_then(|s| s.validate())
+                }
             };
             if let Err(e) = checked {
                 return Err(format!(
                     "line {}: backends[{i}].settings: {e}",
-                    find_line(text, "[backends.settings]")
+                    nth_line(text, "[backends.settings]", i)
                 ));
             }
         }
@@ -540,6 +548,13 @@ fn line_of(text: &str, offset: usize) -> usize {
         .filter(|b| **b == b'\n')
         .count()
         + 1
+}
+
+/// The line of the `n`th occurrence of `needle` (the first when there are fewer).
+fn nth_line(text: &str, needle: &str, n: usize) -> usize {
+    text.match_indices(needle)
+        .nth(n)
+        .map_or_else(|| find_line(text, needle), |(o, _)| line_of(text, o))
 }
 
 fn find_line(text: &str, needle: &str) -> usize {
@@ -694,6 +709,28 @@ mod tests {
         let no_servers = &ASTERISK[..ASTERISK.find("[[backends.settings.servers]]").unwrap()];
         let err = Config::parse(no_servers).unwrap_err();
         assert!(err.contains("at least one Asterisk server"), "{err}");
+    }
+
+    #[test]
+    fn bad_freeswitch_settings_name_their_key_and_line() {
+        let fs = |settings: &str| {
+            format!(
+                "{SANDBOX}\n[[backends]]\nname = \"fs\"\nkind = \"freeswitch\"\n[backends.settings]\n{settings}\n[[backends.settings.servers]]\naddress = \"127.0.0.1:8021\"\npassword = \"pw\"\n"
+            )
+        };
+        let good = fs("endpoint = \"sofia/gateway/gw/{number}\"\nsounds_dir = \"/s\"");
+        Config::parse(&good).unwrap();
+        let line = nth_line(&good, "[backends.settings]", 1);
+        for (bad, key) in [
+            ("endpoint = \"sofia/gateway/gw/{number}\"\nsounds_dir = \"/s\"\nring = 1", "ring"),
+            ("endpoint = \"sofia/gateway/gw\"\nsounds_dir = \"/s\"", "{number}"),
+            ("sounds_dir = \"/s\"", "endpoint"),
+            ("endpoint = \"sofia/gateway/gw/{number}\"\nsounds_dir = \"/s\"\nanswered_calls = \"bridge\"", "bridge"),
+        ] {
+            let err = Config::parse(&fs(bad)).unwrap_err();
+            assert!(err.contains(&format!("line {line}: backends[1].settings")), "{err}");
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     #[test]

@@ -69,6 +69,16 @@ pub async fn start_engine(
                         .map_err(|e| format!("backends.{}: FastAGI on {listen}: {e}", b.name))?,
                 )
             }
+            BackendKind::Freeswitch => {
+                let settings: crate::backend::freeswitch::FreeswitchSettings = b
+                    .settings
+                    .clone()
+                    .try_into()
+                    .map_err(|e| format!("backends.{}.settings: {e}", b.name))?;
+                crate::backend::freeswitch::FreeSwitch::start(&b.name, settings, events_tx.clone())
+                    .await
+                    .map_err(|e| format!("backends.{}: {e}", b.name))?
+            }
         };
         backends.insert(b.name.clone(), backend);
     }

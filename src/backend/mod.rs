@@ -16,6 +16,7 @@
 
 pub mod asterisk;
 pub mod backoff;
+pub mod freeswitch;
 pub mod sandbox;
 
 use std::sync::Arc;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod asterisk;
+pub mod freeswitch;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -1,0 +1,204 @@
+//! callcode's listener for FreeSWITCH's `socket` application in async full mode (ESL outbound):
+//! with `answered_calls = "socket"`, an answered call runs `'&socket(host:port async full)'` and
+//! FreeSWITCH connects here, as Asterisk's dialplan does with FastAGI.
+//!
+//! Per connection (fixture esl-outbound-01): `connect` → the CHANNEL_DATA reply (whose
+//! `Unique-ID` is our call), `myevents`, `linger` (so the hang-up events still arrive after the
+//! channel is gone); then the call is reported `Answered`, prompts are played with `sendmsg`
+//! (no uuid needed) and matched by `Application-UUID`, and the hang-up is a `sendmsg hangup`.
+//! The call's end is still reported by the inbound connection's CHANNEL_HANGUP_COMPLETE, which
+//! carries the causes; this module never reports a hang-up.
+//!
+//! Limits: at most `outbound_max_sessions` at once (further connections are closed), a bounded
+//! handshake, and a clean stop when the backend closes. Connections for calls that are not ours
+//! are told `exit`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::codec::FramedRead;
+use tracing::{info, warn};
+
+use super::codec::{EslCodec, Limits};
+use super::command::Command as Esl;
+use super::event::Message;
+use super::{FreeswitchSettings, Shared};
+use crate::backend::{BackendEvent, CallEvent};
+use crate::call::CallId;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+pub(crate) enum SessionCommand {
+    Play { seq: u16, path: String },
+    Hangup { cause: &'static str },
+}
+
+/// Open outbound sessions by call.
+#[derive(Default)]
+pub(crate) struct Sessions(Mutex<HashMap<CallId, mpsc::UnboundedSender<SessionCommand>>>);
+
+impl Sessions {
+    fn send(&self, call: CallId, c: SessionCommand) -> bool {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&call).map(|tx| tx.send(c).is_ok()))
+            .unwrap_or(false)
+    }
+
+    /// Plays through the call's session; false when it has none.
+    pub fn play(&self, call: CallId, seq: u16, path: String) -> bool {
+        self.send(call, SessionCommand::Play { seq, path })
+    }
+
+    pub fn hangup(&self, call: CallId, cause: &'static str) -> bool {
+        self.send(call, SessionCommand::Hangup { cause })
+    }
+
+    fn insert(&self, call: CallId, tx: mpsc::UnboundedSender<SessionCommand>) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(call, tx);
+        }
+    }
+
+    fn remove(&self, call: CallId) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(&call);
+        }
+    }
+}
+
+/// Binds the listener and serves it until the backend stops. Returns the bound address.
+pub(crate) async fn listen(
+    settings: &FreeswitchSettings,
+    shared: Arc<Shared>,
+) -> Result<SocketAddr, String> {
+    let listener = TcpListener::bind(settings.outbound_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", settings.outbound_listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    info!(%addr, backend = %shared.name, "FreeSWITCH outbound socket listening");
+    let limit = Arc::new(Semaphore::new(settings.outbound_max_sessions));
+    tokio::spawn(async move {
+        let stop = shared.stop.clone();
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "outbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                metrics::counter!("callcode_freeswitch_outbound_refused_total").increment(1);
+                warn!(%peer, "outbound session limit reached; connection closed");
+                continue;
+            };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Err(e) = session(stream, shared).await {
+                    warn!(%peer, error = %e, "outbound session ended");
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+async fn write(w: &mut tokio::net::tcp::OwnedWriteHalf, c: Esl<'_>) -> Result<(), String> {
+    let mut buf = BytesMut::new();
+    c.encode(&mut buf).map_err(|e| e.to_string())?;
+    w.write_all(&buf).await.map_err(|e| e.to_string())
+}
+
+async fn session(stream: TcpStream, shared: Arc<Shared>) -> Result<(), String> {
+    let _ = stream.set_nodelay(true);
+    let (r, mut w) = stream.into_split();
+    let max_headers = Limits::default().max_headers;
+    let mut frames = FramedRead::new(r, EslCodec::new(Limits::default()));
+    write(&mut w, Esl::Connect).await?;
+    let reply = tokio::time::timeout(HANDSHAKE_TIMEOUT, frames.next())
+        .await
+        .map_err(|_| "no CHANNEL_DATA")?
+        .ok_or("closed before CHANNEL_DATA")?
+        .map_err(|e| e.to_string())?;
+    let Message::CommandReply { headers, .. } =
+        Message::from_frame(reply, max_headers).map_err(|e| e.to_string())?
+    else {
+        return Err("connect: unexpected reply".into());
+    };
+    let call: CallId = headers
+        .get_str("Unique-ID")
+        .and_then(|u| u.parse().ok())
+        .ok_or("CHANNEL_DATA without Unique-ID")?;
+    let ours = shared.owners.lock().is_ok_and(|o| o.contains_key(&call));
+    if !ours {
+        warn!(%call, "outbound connection for a call that is not ours");
+        let _ = write(&mut w, Esl::Exit).await;
+        return Ok(());
+    }
+    if headers.get_str("Socket-Mode") != Some("async") || headers.get_str("Control") != Some("full")
+    {
+        // -03-: unquoted socket arguments give static, single-channel mode.
+        warn!(%call, "outbound socket not in async full mode: quote the socket application's argument");
+    }
+    write(&mut w, Esl::MyEvents).await?;
+    write(&mut w, Esl::Linger).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    shared.sessions.insert(call, tx);
+    let emit = |event| BackendEvent { call, event };
+    let _ = shared.events.send(emit(CallEvent::Answered)).await;
+    let mut playbacks: HashMap<String, u16> = HashMap::new();
+    let stop = shared.stop.clone();
+    let result = loop {
+        tokio::select! {
+            _ = stop.cancelled() => break Ok(()),
+            c = rx.recv() => {
+                let Some(c) = c else { break Ok(()) };
+                let sent = match c {
+                    SessionCommand::Play { seq, path } => {
+                        let id = uuid::Uuid::new_v4().to_string();
+                        playbacks.insert(id.clone(), seq);
+                        write(&mut w, Esl::Execute { uuid: None, app: "playback", arg: &path, event_uuid: &id }).await
+                    }
+                    SessionCommand::Hangup { cause } => {
+                        write(&mut w, Esl::HangupMsg { uuid: None, cause }).await
+                    }
+                };
+                if let Err(e) = sent {
+                    break Err(e);
+                }
+            }
+            f = frames.next() => {
+                let Some(Ok(f)) = f else { break Ok(()) };
+                match Message::from_frame(f, max_headers) {
+                    Ok(Message::Event(e)) if e.is("Event-Name", "CHANNEL_EXECUTE_COMPLETE") => {
+                        let seq = e.get("Application-UUID").and_then(|a| playbacks.remove(a.as_ref()));
+                        if let Some(seq) = seq {
+                            let _ = shared.events.send(emit(CallEvent::PromptDone { seq })).await;
+                        }
+                    }
+                    // With linger, the notice comes after the last event; FreeSWITCH then closes.
+                    Ok(Message::Disconnect { .. }) => break Ok(()),
+                    _ => {}
+                }
+            }
+        }
+    };
+    shared.sessions.remove(call);
+    result
+}
