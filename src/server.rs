@@ -144,7 +144,15 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
     info!(?grace, "HTTP stopped; finishing calls");
     engine.shutdown(grace).await;
     for b in &backends {
-        b.close();
+        if tokio::time::timeout(Duration::from_secs(3), b.close())
+            .await
+            .is_err()
+        {
+            warn!(
+                backend = b.name(),
+                "backend still closing after 3 s; leaving anyway"
+            );
+        }
     }
     // Give pending callbacks a short chance before leaving; the rest stay in the outbox.
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -22,6 +22,7 @@ pub mod sandbox;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use crate::call::{CallId, EndedBy, Method, Msisdn, Prompt};
@@ -119,6 +120,9 @@ pub trait Backend: Send + Sync + 'static {
     /// False while the PBX connection is down; the engine then places no calls here.
     fn is_available(&self) -> bool;
     /// Stops the backend's listeners and connections once the engine has finished every call
-    /// (shutdown). Calls still open on the PBX side are not touched: the engine has ended them.
-    fn close(&self) {}
+    /// (shutdown); the future completes when they are closed (PBX sessions logged off). Calls
+    /// still open on the PBX side are not touched: the engine has ended them.
+    fn close(&self) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }

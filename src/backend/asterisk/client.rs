@@ -221,9 +221,7 @@ async fn session(
     loop {
         tokio::select! {
             _ = stop.cancelled() => {
-                let mut bye = BytesMut::new();
-                let _ = Action::Logoff.encode("logoff-1", &mut bye);
-                let _ = timeout(Duration::from_millis(500), raw.write_all(&bye)).await;
+                logoff(&mut raw).await;
                 return Err(ConnError::Stopped);
             }
             frame = frames.next() => {
@@ -245,7 +243,11 @@ async fn session(
                 }
             }
             bytes = actions.recv() => {
-                let Some(bytes) = bytes else { return Err(ConnError::Stopped) };
+                let Some(bytes) = bytes else {
+                    // The driver is gone (closing): log off all the same.
+                    logoff(&mut raw).await;
+                    return Err(ConnError::Stopped);
+                };
                 raw.write_all(&bytes).await.map_err(AmiError::from)?;
             }
             _ = tick.tick() => {
@@ -262,6 +264,13 @@ async fn session(
             }
         }
     }
+}
+
+/// Says goodbye, so Asterisk does not log a dropped manager session.
+async fn logoff<W: tokio::io::AsyncWrite + Unpin>(raw: &mut W) {
+    let mut bye = BytesMut::new();
+    let _ = Action::Logoff.encode("logoff-1", &mut bye);
+    let _ = timeout(Duration::from_millis(500), raw.write_all(&bye)).await;
 }
 
 /// Reads until the response carrying `action_id` (events before it are dropped: nothing is

@@ -24,8 +24,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use self::ami::{Action, Event, Kind, Message};
@@ -179,6 +181,8 @@ pub struct Asterisk {
     name: String,
     input: mpsc::UnboundedSender<Input>,
     connected: Vec<Arc<AtomicBool>>,
+    /// The driver and the AMI connections, awaited at close.
+    tasks: TaskTracker,
 }
 
 impl Asterisk {
@@ -202,12 +206,13 @@ impl Asterisk {
         });
 
         let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
         let (reports_tx, mut reports) = mpsc::channel::<Report>(4096);
         let mut connected = vec![];
         for (i, server) in settings.servers.iter().enumerate() {
             let flag = Arc::new(AtomicBool::new(false));
             connected.push(flag.clone());
-            tokio::spawn(client::run(
+            tasks.spawn(client::run(
                 i,
                 server.clone(),
                 settings.timers(),
@@ -240,11 +245,12 @@ impl Asterisk {
             fastagi,
             stop,
         };
-        tokio::spawn(driver.run(rx));
+        tasks.spawn(driver.run(rx));
         Ok(Asterisk {
             name: name.to_string(),
             input,
             connected,
+            tasks,
         })
     }
 }
@@ -267,8 +273,11 @@ impl Backend for Asterisk {
         !self.input.is_closed() && self.connected.iter().any(|c| c.load(Ordering::SeqCst))
     }
 
-    fn close(&self) {
+    fn close(&self) -> BoxFuture<'static, ()> {
         let _ = self.input.send(Input::Close);
+        let tasks = self.tasks.clone();
+        tasks.close();
+        Box::pin(async move { tasks.wait().await })
     }
 }
 

@@ -21,8 +21,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{Backend, BackendError, Command, EventSender};
 use crate::call::CallId;
@@ -192,6 +194,8 @@ pub(crate) struct Shared {
     /// Outbound sessions by call, when `answered_calls = "socket"`.
     pub sessions: outbound::Sessions,
     pub stop: CancellationToken,
+    /// The long-lived tasks (connections, outbound listener), awaited at close.
+    pub tasks: TaskTracker,
 }
 
 impl Shared {
@@ -223,6 +227,7 @@ impl FreeSwitch {
             owners: Mutex::new(HashMap::new()),
             sessions: outbound::Sessions::default(),
             stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         });
         let mut outbound_addr = None;
         let mut socket_target = None;
@@ -246,7 +251,7 @@ impl FreeSwitch {
                 in_flight: AtomicUsize::new(0),
                 commands: tx,
             });
-            tokio::spawn(client::run(client::Driver::new(
+            shared.tasks.spawn(client::run(client::Driver::new(
                 index,
                 link.clone(),
                 s.password.clone(),
@@ -320,8 +325,11 @@ impl Backend for FreeSwitch {
             .any(|s| s.connected.load(Ordering::Acquire))
     }
 
-    fn close(&self) {
+    fn close(&self) -> BoxFuture<'static, ()> {
         self.shared.stop.cancel();
+        let tasks = self.shared.tasks.clone();
+        tasks.close();
+        Box::pin(async move { tasks.wait().await })
     }
 }
 

@@ -87,7 +87,8 @@ pub(crate) async fn listen(
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     info!(%addr, backend = %shared.name, "FreeSWITCH outbound socket listening");
     let limit = Arc::new(Semaphore::new(settings.outbound_max_sessions));
-    tokio::spawn(async move {
+    let tasks = shared.tasks.clone();
+    tasks.spawn(async move {
         let stop = shared.stop.clone();
         loop {
             let accepted = tokio::select! {
