@@ -303,7 +303,8 @@ async fn busy_rejected_unallocated_and_unreachable_report_their_causes() {
             "1",
             Some("404"),
         ),
-        ("79990000000", "flash", "FAIL", "unreachable", "0", None),
+        // No channel at all: the number was never dialled, a route failure (calls.rs).
+        ("79990000000", "flash", "FAIL", "route_failure", "47", None),
     ];
     for (number, method, state, want, q850, sip) in cases {
         let mut body = json!({"number": number});

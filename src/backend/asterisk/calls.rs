@@ -31,6 +31,11 @@ use crate::call::{CallId, EndedBy, Msisdn};
 pub const REDIRECT_USER_EVENT: &str = "CallcodeRedirect";
 /// Q.850 "redirected to new destination": a callee that answered 302.
 const CAUSE_REDIRECTED: u16 = 23;
+/// Q.850 47 "resource unavailable, unspecified": Asterisk could not create even the call's first
+/// (`Local`) channel, or refused the `Originate`. The number was never dialled, so the cause must
+/// blame the route, not the subscriber (0 would classify as "unreachable", a verdict on the
+/// number); 47 is in the cause table's route-failure row, like the 38 of a call no server took.
+const CAUSE_NOT_PLACED: u16 = 47;
 
 /// What the driver must do after feeding a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,7 +163,7 @@ impl Calls {
     /// `Originate` refused outright (`Response: Error`): no channel will ever exist.
     pub fn originate_refused(&mut self, call: CallId, out: &mut Vec<Out>) {
         if self.calls.get(&call).is_some_and(|t| !t.channels_seen) {
-            self.end(call, 0, None, EndedBy::Local, out);
+            self.end(call, CAUSE_NOT_PLACED, None, EndedBy::Local, out);
         }
     }
 
@@ -478,14 +483,19 @@ fn emit(out: &mut Vec<Out>, call: CallId, event: CallEvent) {
 }
 
 /// The Q.850 cause an `OriginateResponse` Reason stands for when no channel ever reported one.
-/// Reason is an Asterisk control frame number (`include/asterisk/frame.h`): 3 rang out, 5 busy,
-/// 8 congestion; 0 and 1 say nothing (reported as 0, "unknown").
+/// Reason is the `outstate` of `__ast_request_and_dial` (main/channel.c), an Asterisk control
+/// frame number (`include/asterisk/frame.h`, documented in the AMI `OriginateResponse` event):
+/// 3 `AST_CONTROL_RINGING` (rang until the Originate `Timeout`), 5 `AST_CONTROL_BUSY`,
+/// 8 `AST_CONTROL_CONGESTION`. When `ast_request` itself fails (no channel is created, as here),
+/// `handle_cause()` turns a requester cause of busy into 5, congestion into 8 and anything else
+/// into 0; 1 (`AST_CONTROL_HANGUP`) and 0 say nothing about the far end. Asterisk 22 answered 0
+/// for every failure captured (fixture README, `ami-originate-badchannel`).
 fn cause_of_reason(reason: u16) -> u16 {
     match reason {
         3 => 19,
         5 => 17,
         8 => 34,
-        _ => 0,
+        _ => CAUSE_NOT_PLACED,
     }
 }
 
@@ -695,7 +705,58 @@ mod tests {
                 calls.on_message(0, &m, &mut out);
             }
         }
-        assert_eq!(events(&out), [hangup(0, None, EndedBy::Local)]);
+        assert_eq!(
+            events(&out),
+            [hangup(CAUSE_NOT_PLACED, None, EndedBy::Local)]
+        );
+    }
+
+    /// The captured failure (Reason 0) with the other Reasons Asterisk documents for
+    /// `OriginateResponse`; only the `Reason:` value is changed.
+    #[test]
+    fn a_channelless_failure_carries_the_cause_its_reason_stands_for() {
+        let capture = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/asterisk/ami-originate-badchannel.server.txt"
+        ))
+        .unwrap();
+        assert!(capture.contains("Reason: 0\r\n"));
+        for (reason, q850) in [(0, 47), (1, 47), (3, 19), (5, 17), (8, 34)] {
+            let call = CallId::new_v4();
+            let text = capture
+                .replace("vc-bad-0001", &call.to_string())
+                .replace("Reason: 0\r\n", &format!("Reason: {reason}\r\n"));
+            let mut calls = Calls::new();
+            calls.originated(call, 9, 0);
+            let mut out = vec![];
+            let mut codec = AmiCodec::new();
+            let mut buf = BytesMut::from(text.as_bytes());
+            while let Some(f) = codec.decode(&mut buf).unwrap() {
+                if let Frame::Message(m) = f {
+                    calls.on_message(0, &m, &mut out);
+                }
+            }
+            assert_eq!(
+                events(&out),
+                [hangup(q850, None, EndedBy::Local)],
+                "Reason {reason}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refused_originate_is_not_placed_and_ends_once() {
+        let call = CallId::new_v4();
+        let mut calls = Calls::new();
+        calls.originated(call, 5, 0);
+        let mut out = vec![];
+        calls.originate_refused(call, &mut out);
+        calls.originate_refused(call, &mut out);
+        assert_eq!(
+            events(&out),
+            [hangup(CAUSE_NOT_PLACED, None, EndedBy::Local)]
+        );
+        assert!(calls.is_empty());
     }
 
     #[test]
