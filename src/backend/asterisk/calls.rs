@@ -351,7 +351,10 @@ impl Calls {
     /// Forgets a call without reporting anything (the engine already closed it).
     pub fn forget(&mut self, call: CallId) {
         if let Some(t) = self.calls.remove(&call) {
-            self.by_verification.remove(&t.verification_id);
+            // Only if it still names this call: a later call may have taken the same id.
+            if self.by_verification.get(&t.verification_id) == Some(&call) {
+                self.by_verification.remove(&t.verification_id);
+            }
         }
     }
 
@@ -686,6 +689,52 @@ mod tests {
         assert_eq!(answered_at, 1);
     }
 
+    /// Early media (a 183 with SDP, no 180): app_dial reports `DialState` `PROGRESS` for an
+    /// `AST_CONTROL_PROGRESS` indication (apps/app_dial.c) and no channel turns `Ringing`. Not
+    /// captured: built from the captured flash call by dropping its `Newstate` Ringing events and
+    /// changing the `DialStatus` of its `DialState` events from RINGING to PROGRESS.
+    #[test]
+    fn early_media_without_ringing_is_progress_and_the_flash_drop_still_ends_the_call_once() {
+        let call = CallId::new_v4();
+        let text = std::fs::read_to_string(format!("{DIR}ami-callcode-flash-hangup.server.txt"))
+            .unwrap()
+            .replace("cc-flash-0002", &Calls::other_channel_id(call))
+            .replace("cc-flash-0001", &call.to_string());
+        let blocks: Vec<&str> = text.split_inclusive("\r\n\r\n").collect();
+        let ringing =
+            |b: &&str| b.starts_with("Event: Newstate") && b.contains("ChannelState: 5\r\n");
+        assert_eq!(
+            blocks.iter().filter(|b| ringing(b)).count(),
+            2,
+            "the capture changed"
+        );
+        let text: String = blocks
+            .into_iter()
+            .filter(|b| !ringing(b))
+            .collect::<String>()
+            .replace("DialStatus: RINGING\r\n", "DialStatus: PROGRESS\r\n");
+        let mut calls = Calls::new();
+        calls.originated(call, 1, 0);
+        let mut out = vec![];
+        let mut codec = AmiCodec::new();
+        let mut buf = BytesMut::from(text.as_bytes());
+        while let Some(f) = codec.decode(&mut buf).unwrap() {
+            if let Frame::Message(m) = f {
+                if m.action_id() == Some("hangup-1") {
+                    assert!(calls.hangup_asked(call, 16));
+                }
+                calls.on_message(0, &m, &mut out);
+            }
+        }
+        assert_eq!(
+            events(&out),
+            [
+                CallEvent::Progress { early_media: true },
+                hangup(16, None, EndedBy::Us)
+            ]
+        );
+    }
+
     #[test]
     fn a_failed_originate_without_channels_is_a_local_failure() {
         let call = CallId::new_v4();
@@ -757,6 +806,18 @@ mod tests {
             [hangup(CAUSE_NOT_PLACED, None, EndedBy::Local)]
         );
         assert!(calls.is_empty());
+    }
+
+    #[test]
+    fn forgetting_a_call_keeps_a_later_calls_claim_on_the_same_verification() {
+        let (first, second) = (CallId::new_v4(), CallId::new_v4());
+        let mut calls = Calls::new();
+        calls.originated(first, 5, 0);
+        calls.originated(second, 5, 0);
+        calls.forget(first);
+        assert_eq!(calls.by_verification(5), Some(second));
+        calls.forget(second);
+        assert_eq!(calls.by_verification(5), None);
     }
 
     #[test]
