@@ -428,6 +428,31 @@ async fn forwarding_without_the_guard_is_recorded_and_the_call_goes_on() {
     );
 }
 
+/// A flash call the callee answers before the ring time is up (the 181 capture: it rings at
+/// +0.81 s, answers at +1.82 s, compressed ten times by the peer; no redirect guard asked): the
+/// answer is seen, the call is dropped at once with cause 16 by our ChannelId, and the outcome is
+/// `answered`, not `delivered`.
+#[tokio::test]
+async fn a_flash_call_answered_before_the_ring_time_is_dropped_at_once_and_counts_as_answered() {
+    let rig = rig().await;
+    let (id, cb) = send(
+        &rig,
+        json!({"number": "79990000181", "flashcall": {"code": "3333"}}),
+    )
+    .await;
+    assert_eq!(outcome(&rig, id).await, "answered", "{cb}");
+    assert!(
+        record(&rig, id, "answered_at").await.is_some(),
+        "no answer time"
+    );
+    assert_eq!(record(&rig, id, "q850").await.as_deref(), Some("16"));
+    let call_id = record(&rig, id, "call_id").await.unwrap();
+    let hangups = rig.peer.actions("Hangup");
+    assert_eq!(hangups.len(), 1, "{hangups:?}");
+    assert_eq!(field(&hangups[0], "Channel"), [call_id.as_str()]);
+    assert_eq!(field(&hangups[0], "Cause"), ["16"]);
+}
+
 #[tokio::test]
 async fn ami_socket_cut_mid_call_reconnects_and_reconciles() {
     let rig = rig().await;
