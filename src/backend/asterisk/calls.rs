@@ -299,6 +299,19 @@ impl Calls {
         }
     }
 
+    /// A channel `CoreShowChannels` listed, kept for `reconcile` only if it belongs to one of our
+    /// calls on `server`: the listing covers every channel of that Asterisk, and the peer decides
+    /// how many there are.
+    pub fn listed(&self, server: usize, c: &Chan<'_>) -> Option<ListedChannel> {
+        let call = self.call_of(c)?;
+        (self.server_of(call) == Some(server)).then(|| ListedChannel {
+            uniqueid: c.uniqueid.to_string(),
+            linkedid: c.linkedid.to_string(),
+            local: c.is_local(),
+            state: c.state,
+        })
+    }
+
     /// After a reconnect: calls of `server` with no channel left ended while we were away.
     pub fn reconcile(&mut self, server: usize, listed: &[ListedChannel], out: &mut Vec<Out>) {
         let ours: Vec<CallId> = self
@@ -839,6 +852,51 @@ mod tests {
                 call,
                 cause: 16
             }]
+        );
+    }
+
+    /// No `CoreShowChannel` was captured (the ami-misc listing was empty); it carries the same
+    /// channel snapshot fields as `Newchannel` (Asterisk's AMI docs), so the flash call's captured
+    /// `Newchannel` events stand in for a listing, under the capture's ids (another call) and ours.
+    #[test]
+    fn only_our_calls_channels_are_kept_from_a_listing() {
+        let text = std::fs::read_to_string(format!("{DIR}ami-callcode-flash-hangup.server.txt"))
+            .unwrap()
+            .replace("Event: Newchannel\r\n", "Event: CoreShowChannel\r\n");
+        let call = CallId::new_v4();
+        let mut calls = Calls::new();
+        calls.originated(call, 1, 2);
+        let kept = |text: &str, server: usize| {
+            let mut kept = vec![];
+            let mut codec = AmiCodec::new();
+            let mut buf = BytesMut::from(text.as_bytes());
+            while let Some(f) = codec.decode(&mut buf).unwrap() {
+                if let Frame::Message(m) = f {
+                    if let crate::backend::asterisk::ami::Event::CoreShowChannel { chan, .. } =
+                        m.event()
+                    {
+                        kept.push(calls.listed(server, &chan));
+                    }
+                }
+            }
+            kept
+        };
+        let theirs = kept(&text, 2);
+        assert_eq!(
+            theirs.len(),
+            3,
+            "Newchannel ;1, ;2 and PJSIP in the capture"
+        );
+        assert!(theirs.iter().all(Option::is_none), "{theirs:?}");
+        let ours = text
+            .replace("cc-flash-0002", &Calls::other_channel_id(call))
+            .replace("cc-flash-0001", &call.to_string());
+        let kept_ours: Vec<_> = kept(&ours, 2).into_iter().flatten().collect();
+        assert_eq!(kept_ours.len(), 3, "{kept_ours:?}");
+        assert_eq!(kept_ours.iter().filter(|c| !c.local).count(), 1);
+        assert!(
+            kept(&ours, 0).iter().all(Option::is_none),
+            "another server's"
         );
     }
 

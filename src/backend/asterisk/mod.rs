@@ -39,6 +39,9 @@ use crate::call::{CallId, EndedBy, Method, Prompt};
 
 /// Q.850 "network out of order": a call accepted while every AMI connection just went down.
 const NO_SERVER_CAUSE: u16 = 38;
+/// Most channels of our calls kept from one `CoreShowChannels` listing (a call has 3 to 5:
+/// `;1`, `;2`, the callee, a forwarded callee): bounds what a peer repeating entries can cost.
+const MAX_LISTED_CHANNELS: usize = 1 << 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -545,14 +548,10 @@ impl Driver {
         }
         match m.event() {
             Event::CoreShowChannel { action_id, chan } => {
+                let ours = self.calls.listed(server, &chan);
                 if let Some((id, list)) = self.servers[server].listing.as_mut() {
-                    if action_id == Some(id.as_str()) {
-                        list.push(ListedChannel {
-                            uniqueid: chan.uniqueid.to_string(),
-                            linkedid: chan.linkedid.to_string(),
-                            local: chan.is_local(),
-                            state: chan.state,
-                        });
+                    if action_id == Some(id.as_str()) && list.len() < MAX_LISTED_CHANNELS {
+                        list.extend(ours);
                     }
                 }
             }
