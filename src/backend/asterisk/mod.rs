@@ -216,7 +216,7 @@ impl Asterisk {
 
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let (reports_tx, mut reports) = mpsc::channel::<Report>(4096);
+        let (reports_tx, reports) = mpsc::channel::<Report>(4096);
         let mut connected = vec![];
         for (i, server) in settings.servers.iter().enumerate() {
             let flag = Arc::new(AtomicBool::new(false));
@@ -231,14 +231,6 @@ impl Asterisk {
             ));
         }
         drop(reports_tx);
-        let to_driver = input.clone();
-        tokio::spawn(async move {
-            while let Some(r) = reports.recv().await {
-                if to_driver.send(Input::Ami(r)).is_err() {
-                    break;
-                }
-            }
-        });
 
         let driver = Driver {
             servers: settings
@@ -254,7 +246,7 @@ impl Asterisk {
             fastagi,
             stop,
         };
-        tasks.spawn(driver.run(rx));
+        tasks.spawn(driver.run(rx, reports));
         Ok(Asterisk {
             name: name.to_string(),
             input,
@@ -327,8 +319,29 @@ struct Driver {
 }
 
 impl Driver {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Input>) {
-        while let Some(input) = rx.recv().await {
+    /// AMI reports are read straight from their bounded channel, never copied into the unbounded
+    /// one: when the driver falls behind, the AMI connections stop reading their sockets instead
+    /// of queueing whatever Asterisk sends.
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Input>,
+        mut reports: mpsc::Receiver<Report>,
+    ) {
+        let mut reports_open = true;
+        loop {
+            let input = tokio::select! {
+                input = rx.recv() => match input {
+                    Some(input) => input,
+                    None => break,
+                },
+                report = reports.recv(), if reports_open => match report {
+                    Some(report) => Input::Ami(report),
+                    None => {
+                        reports_open = false;
+                        continue;
+                    }
+                },
+            };
             let mut out = vec![];
             match input {
                 Input::Command(c) => self.command(c, &mut out),
