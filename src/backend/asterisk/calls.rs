@@ -748,6 +748,40 @@ mod tests {
         );
     }
 
+    /// Rings until the Originate `Timeout` (ami-originate-local-noanswer, a Local channel like
+    /// ours): `OriginateResponse` Failure / Reason 3 comes while channels exist and before the
+    /// `Hangup` of `;1`, and there is no `DialEnd` for `;1`. The end is the `;1` Hangup's 19, once.
+    #[test]
+    fn the_originate_timeout_ends_the_call_once_with_cause_19() {
+        let call = CallId::new_v4();
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/asterisk/ami-originate-local-noanswer.server.txt"
+        ))
+        .unwrap()
+        .replace("vc-lnoans-0002", &Calls::other_channel_id(call))
+        .replace("vc-lnoans-0001", &call.to_string());
+        assert!(text.contains("Reason: 3\r\n"));
+        let mut calls = Calls::new();
+        calls.originated(call, 3, 0);
+        let mut out = vec![];
+        let mut codec = AmiCodec::new();
+        let mut buf = BytesMut::from(text.as_bytes());
+        while let Some(f) = codec.decode(&mut buf).unwrap() {
+            if let Frame::Message(m) = f {
+                calls.on_message(0, &m, &mut out);
+            }
+        }
+        let ev = events(&out);
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        assert_eq!(ev[0], RING);
+        assert!(
+            matches!(ev[1], CallEvent::Hangup(h) if h.q850 == 19 && h.ended_by == EndedBy::Remote),
+            "{ev:?}"
+        );
+        assert!(calls.is_empty());
+    }
+
     #[test]
     fn a_failed_originate_without_channels_is_a_local_failure() {
         let call = CallId::new_v4();
