@@ -72,6 +72,8 @@ struct Tracked {
     callee_seen: bool,
     /// SIP status of the callee's final response (not the 302 of a followed forward).
     sip_status: Option<u16>,
+    /// The Q.850 cause the callee's channel gave with that final response.
+    callee_q850: Option<u16>,
     /// We asked for the hang-up, with this cause.
     hangup_asked: Option<u16>,
     /// A hang-up asked before any channel existed, with its cause.
@@ -138,6 +140,7 @@ impl Calls {
                 channels_seen: false,
                 callee_seen: false,
                 sip_status: None,
+                callee_q850: None,
                 hangup_asked: None,
                 hangup_pending: None,
             },
@@ -264,7 +267,18 @@ impl Calls {
                         EndedBy::Local
                     };
                     let sip = t.sip_status;
-                    self.end(call, cause.unwrap_or(0), sip, ended_by, out);
+                    let q850 = match (cause, t.callee_q850) {
+                        // `;1` only says "normal clearing" (or nothing) for a call the far end
+                        // refused: the callee's own cause is the one that says why. Seen in
+                        // ami-originate-local-congestion: far end 34, `;1` 16.
+                        (None | Some(0) | Some(16), Some(callee))
+                            if !t.answered && ended_by == EndedBy::Remote =>
+                        {
+                            callee
+                        }
+                        (cause, _) => cause.unwrap_or(0),
+                    };
+                    self.end(call, q850, sip, ended_by, out);
                 }
             }
             Event::OriginateResponse {
@@ -424,6 +438,9 @@ impl Calls {
         } else if let Some(sip) = tech_cause.filter(|s| (300..700).contains(s)) {
             if let Some(t) = self.calls.get_mut(&call) {
                 t.sip_status = Some(sip);
+                if let Some(q850) = cause.filter(|c| ![0, 16].contains(c)) {
+                    t.callee_q850 = Some(q850);
+                }
             }
         }
     }
@@ -587,6 +604,41 @@ mod tests {
         );
         assert_eq!(events(&out), [RING, hangup(17, Some(486), EndedBy::Remote)]);
         assert!(calls.is_empty());
+    }
+
+    /// A 503 through the callcode path is not captured. Built from the captured busy call: the
+    /// callee's `HangupRequest`/`Hangup` carry what the README's Q.850 table gives for 503
+    /// (Cause 34 / TechCause 503), and the Local halves end with 16, as `;1` did when the far end
+    /// signalled congestion in ami-originate-local-congestion. The callee's 34 is reported.
+    #[test]
+    fn a_far_end_cause_is_kept_when_the_local_half_only_says_normal_clearing() {
+        let call = CallId::new_v4();
+        let text = std::fs::read_to_string(format!("{DIR}ami-callcode-busy.server.txt"))
+            .unwrap()
+            .replace("cc-busy-0002", &Calls::other_channel_id(call))
+            .replace("cc-busy-0001", &call.to_string())
+            .replace("TechCause: 486\r\n", "TechCause: 503\r\n");
+        let blocks: Vec<String> = text
+            .split_inclusive("\r\n\r\n")
+            .map(|b| {
+                if b.contains("Channel: PJSIP/") {
+                    b.replace("Cause: 17\r\n", "Cause: 34\r\n")
+                } else {
+                    b.replace("Cause: 17\r\n", "Cause: 16\r\n")
+                }
+            })
+            .collect();
+        let mut calls = Calls::new();
+        calls.originated(call, 8, 0);
+        let mut out = vec![];
+        let mut codec = AmiCodec::new();
+        let mut buf = BytesMut::from(blocks.concat().as_bytes());
+        while let Some(f) = codec.decode(&mut buf).unwrap() {
+            if let Frame::Message(m) = f {
+                calls.on_message(0, &m, &mut out);
+            }
+        }
+        assert_eq!(events(&out), [RING, hangup(34, Some(503), EndedBy::Remote)]);
     }
 
     #[test]
