@@ -606,39 +606,46 @@ mod tests {
         assert!(calls.is_empty());
     }
 
-    /// A 503 through the callcode path is not captured. Built from the captured busy call: the
-    /// callee's `HangupRequest`/`Hangup` carry what the README's Q.850 table gives for 503
-    /// (Cause 34 / TechCause 503), and the Local halves end with 16, as `;1` did when the far end
-    /// signalled congestion in ami-originate-local-congestion. The callee's 34 is reported.
+    /// The README's Q.850 rows other than busy (480 → 19, 503 → 34, 409 → 41; the Reason
+    /// header is dropped by Asterisk) are not captured through the callcode path. Built from the
+    /// captured busy call: the callee's `HangupRequest`/`Hangup` carry the row's Cause and
+    /// TechCause, and the Local halves end with 16, as `;1` did when the far end signalled
+    /// congestion in ami-originate-local-congestion. The callee's cause is reported.
     #[test]
     fn a_far_end_cause_is_kept_when_the_local_half_only_says_normal_clearing() {
-        let call = CallId::new_v4();
-        let text = std::fs::read_to_string(format!("{DIR}ami-callcode-busy.server.txt"))
-            .unwrap()
-            .replace("cc-busy-0002", &Calls::other_channel_id(call))
-            .replace("cc-busy-0001", &call.to_string())
-            .replace("TechCause: 486\r\n", "TechCause: 503\r\n");
-        let blocks: Vec<String> = text
-            .split_inclusive("\r\n\r\n")
-            .map(|b| {
-                if b.contains("Channel: PJSIP/") {
-                    b.replace("Cause: 17\r\n", "Cause: 34\r\n")
-                } else {
-                    b.replace("Cause: 17\r\n", "Cause: 16\r\n")
+        for (q850, sip) in [(34, 503), (19, 480), (41, 409), (21, 603)] {
+            let call = CallId::new_v4();
+            let text = std::fs::read_to_string(format!("{DIR}ami-callcode-busy.server.txt"))
+                .unwrap()
+                .replace("cc-busy-0002", &Calls::other_channel_id(call))
+                .replace("cc-busy-0001", &call.to_string())
+                .replace("TechCause: 486\r\n", &format!("TechCause: {sip}\r\n"));
+            let blocks: Vec<String> = text
+                .split_inclusive("\r\n\r\n")
+                .map(|b| {
+                    if b.contains("Channel: PJSIP/") {
+                        b.replace("Cause: 17\r\n", &format!("Cause: {q850}\r\n"))
+                    } else {
+                        b.replace("Cause: 17\r\n", "Cause: 16\r\n")
+                    }
+                })
+                .collect();
+            let mut calls = Calls::new();
+            calls.originated(call, 8, 0);
+            let mut out = vec![];
+            let mut codec = AmiCodec::new();
+            let mut buf = BytesMut::from(blocks.concat().as_bytes());
+            while let Some(f) = codec.decode(&mut buf).unwrap() {
+                if let Frame::Message(m) = f {
+                    calls.on_message(0, &m, &mut out);
                 }
-            })
-            .collect();
-        let mut calls = Calls::new();
-        calls.originated(call, 8, 0);
-        let mut out = vec![];
-        let mut codec = AmiCodec::new();
-        let mut buf = BytesMut::from(blocks.concat().as_bytes());
-        while let Some(f) = codec.decode(&mut buf).unwrap() {
-            if let Frame::Message(m) = f {
-                calls.on_message(0, &m, &mut out);
             }
+            assert_eq!(
+                events(&out),
+                [RING, hangup(q850, Some(sip), EndedBy::Remote)],
+                "SIP {sip}"
+            );
         }
-        assert_eq!(events(&out), [RING, hangup(34, Some(503), EndedBy::Remote)]);
     }
 
     #[test]
