@@ -303,7 +303,8 @@ async fn busy_rejected_unallocated_and_unreachable_report_their_causes() {
             "1",
             Some("404"),
         ),
-        ("79990000000", "flash", "FAIL", "unreachable", "0", None),
+        // No channel at all: the number was never dialled, a route failure (calls.rs).
+        ("79990000000", "flash", "FAIL", "route_failure", "47", None),
     ];
     for (number, method, state, want, q850, sip) in cases {
         let mut body = json!({"number": number});
@@ -425,6 +426,31 @@ async fn forwarding_without_the_guard_is_recorded_and_the_call_goes_on() {
         record(&rig, id, "redirect_to").await.as_deref(),
         Some("15550001000")
     );
+}
+
+/// A flash call the callee answers before the ring time is up (the 181 capture: it rings at
+/// +0.81 s, answers at +1.82 s, compressed ten times by the peer; no redirect guard asked): the
+/// answer is seen, the call is dropped at once with cause 16 by our ChannelId, and the outcome is
+/// `answered`, not `delivered`.
+#[tokio::test]
+async fn a_flash_call_answered_before_the_ring_time_is_dropped_at_once_and_counts_as_answered() {
+    let rig = rig().await;
+    let (id, cb) = send(
+        &rig,
+        json!({"number": "79990000181", "flashcall": {"code": "3333"}}),
+    )
+    .await;
+    assert_eq!(outcome(&rig, id).await, "answered", "{cb}");
+    assert!(
+        record(&rig, id, "answered_at").await.is_some(),
+        "no answer time"
+    );
+    assert_eq!(record(&rig, id, "q850").await.as_deref(), Some("16"));
+    let call_id = record(&rig, id, "call_id").await.unwrap();
+    let hangups = rig.peer.actions("Hangup");
+    assert_eq!(hangups.len(), 1, "{hangups:?}");
+    assert_eq!(field(&hangups[0], "Channel"), [call_id.as_str()]);
+    assert_eq!(field(&hangups[0], "Cause"), ["16"]);
 }
 
 #[tokio::test]
@@ -665,4 +691,123 @@ async fn shutdown_logs_off_and_closes_the_fastagi_listener() {
         std::net::TcpStream::connect(fastagi).is_err(),
         "FastAGI closed"
     );
+}
+
+/// The dialplan lines of one context of an `extensions.conf`, comments and blanks dropped.
+fn context_lines(conf: &str, context: &str) -> Vec<String> {
+    let mut inside = false;
+    let mut lines = vec![];
+    for line in conf.lines() {
+        let line = line.split(';').next().unwrap_or_default().trim();
+        if line.starts_with('[') {
+            inside = line == format!("[{context}]");
+            continue;
+        }
+        if inside && !line.is_empty() {
+            lines.push(line.to_string());
+        }
+    }
+    lines
+}
+
+/// The shipped `dialplan/asterisk/` files against the dialplan captured working on Asterisk 22
+/// (`callcode-path/conf/extensions-callcode.conf`) and the settings callcode logs in and
+/// originates with: same context names, the same forwarding sub, the variable made inheritable
+/// before the voice `Dial()`, a single-destination `Dial()` without `i`/`I`, the AMI user's
+/// classes.
+#[test]
+fn the_shipped_dialplan_keeps_what_the_captured_one_needed() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let shipped =
+        std::fs::read_to_string(format!("{root}/dialplan/asterisk/extensions.conf")).unwrap();
+    let captured = std::fs::read_to_string(format!(
+        "{root}/tests/fixtures/asterisk/callcode-path/conf/extensions-callcode.conf"
+    ))
+    .unwrap();
+    let defaults = callcode::backend::asterisk::AsteriskSettings::default();
+    for context in [
+        defaults.flash_context.as_str(),
+        defaults.voice_context.as_str(),
+        defaults.hold_context.as_str(),
+        "callcode-redirect",
+        "callcode-voice",
+    ] {
+        assert!(
+            !context_lines(&shipped, context).is_empty(),
+            "context {context} missing"
+        );
+    }
+    assert_eq!(
+        context_lines(&shipped, "callcode-redirect"),
+        context_lines(&captured, "callcode-redirect"),
+        "the UserEvent callcode parses"
+    );
+    assert_eq!(
+        context_lines(&shipped, "callcode-hold"),
+        context_lines(&captured, "callcode-hold")
+    );
+    for context in [&defaults.flash_context, &defaults.voice_context] {
+        let lines = context_lines(&shipped, context);
+        let at = |needle: &str| lines.iter().position(|l| l.contains(needle));
+        let sub = at("Set(REDIRECTING_SEND_SUB=callcode-redirect,s,1)").expect(context);
+        let dial = at("n,Dial(").expect(context);
+        assert!(sub < dial, "{context}: the sub must be set before Dial()");
+        assert!(
+            lines[0].starts_with("exten => _X.,1,"),
+            "{context}: {lines:?}"
+        );
+        let args = lines[dial].split_once("Dial(").unwrap().1;
+        let mut parts = args.trim_end_matches(')').splitn(3, ',');
+        assert!(
+            !parts.next().unwrap().contains('&'),
+            "{context}: one destination only"
+        );
+        let _timeout = parts.next();
+        let options = parts.next().unwrap_or("");
+        let options = options.split('(').next().unwrap_or("");
+        assert!(
+            !options.contains('i') && !options.contains('I'),
+            "{context}: Dial option i/I hides forwarding"
+        );
+        for l in &lines {
+            assert!(
+                l.starts_with("exten => ") || l.starts_with("same => "),
+                "{l}"
+            );
+        }
+    }
+    let voice = context_lines(&shipped, &defaults.voice_context);
+    let inherit = voice
+        .iter()
+        .position(|l| l.contains("Set(_VERIFICATION_ID=${VERIFICATION_ID})"))
+        .expect("VERIFICATION_ID made inheritable");
+    let dial = voice
+        .iter()
+        .position(|l| l.contains("U(callcode-voice)"))
+        .unwrap();
+    assert!(inherit < dial);
+    let agi = context_lines(&shipped, "callcode-voice").join("\n");
+    let listen = callcode::backend::asterisk::fastagi::FastAgiSettings::default().listen;
+    assert!(
+        agi.contains(&format!("AGI(agi://{listen}/voice,${{VERIFICATION_ID}})")),
+        "{agi}"
+    );
+
+    let manager =
+        std::fs::read_to_string(format!("{root}/dialplan/asterisk/manager.conf")).unwrap();
+    let value = |key: &str| {
+        manager
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.trim_start().strip_prefix('='))
+            .map(|v| v.trim().split(',').map(str::to_string).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    for class in ["call", "user"] {
+        assert!(value("read").iter().any(|c| c == class), "read {class}");
+    }
+    // Originate: originate (or call); Hangup: call; CoreShowChannels: reporting
+    // (the classes each action is registered with in main/manager.c).
+    for class in ["originate", "call", "reporting"] {
+        assert!(value("write").iter().any(|c| c == class), "write {class}");
+    }
 }

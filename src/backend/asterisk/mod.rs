@@ -39,9 +39,9 @@ use crate::call::{CallId, EndedBy, Method, Prompt};
 
 /// Q.850 "network out of order": a call accepted while every AMI connection just went down.
 const NO_SERVER_CAUSE: u16 = 38;
-/// A call we asked to hang up whose end Asterisk never reported is forgotten after this long (the
-/// engine has long closed it as unconfirmed); keeps the tables bounded.
-const FORGET_UNCONFIRMED_AFTER: Duration = Duration::from_secs(120);
+/// Most channels of our calls kept from one `CoreShowChannels` listing (a call has 3 to 5:
+/// `;1`, `;2`, the callee, a forwarded callee): bounds what a peer repeating entries can cost.
+const MAX_LISTED_CHANNELS: usize = 1 << 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -142,6 +142,15 @@ impl AsteriskSettings {
         Ok(())
     }
 
+    /// How long after our hang-up request a call whose end Asterisk never reported is kept (the
+    /// engine closed it as unconfirmed long before; this only keeps the tables bounded). Until
+    /// then a reconnect may still resend the hang-up, so: the call's own Originate `Timeout`
+    /// (Asterisk's limit on its ringing) or `lost_after_ms` (how long a server may stay away
+    /// before its calls are lost), whichever is longer.
+    fn forget_unconfirmed_after(&self, pbx_timeout: Duration) -> Duration {
+        pbx_timeout.max(Duration::from_millis(self.lost_after_ms))
+    }
+
     fn timers(&self) -> Timers {
         Timers {
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
@@ -207,7 +216,7 @@ impl Asterisk {
 
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let (reports_tx, mut reports) = mpsc::channel::<Report>(4096);
+        let (reports_tx, reports) = mpsc::channel::<Report>(4096);
         let mut connected = vec![];
         for (i, server) in settings.servers.iter().enumerate() {
             let flag = Arc::new(AtomicBool::new(false));
@@ -222,14 +231,6 @@ impl Asterisk {
             ));
         }
         drop(reports_tx);
-        let to_driver = input.clone();
-        tokio::spawn(async move {
-            while let Some(r) = reports.recv().await {
-                if to_driver.send(Input::Ami(r)).is_err() {
-                    break;
-                }
-            }
-        });
 
         let driver = Driver {
             servers: settings
@@ -245,7 +246,7 @@ impl Asterisk {
             fastagi,
             stop,
         };
-        tasks.spawn(driver.run(rx));
+        tasks.spawn(driver.run(rx, reports));
         Ok(Asterisk {
             name: name.to_string(),
             input,
@@ -297,6 +298,8 @@ struct Live {
     agi: Option<mpsc::UnboundedSender<AgiOp>>,
     /// Prompts asked for before the FastAGI session arrived.
     waiting: Vec<(u16, Prompt)>,
+    /// The Originate `Timeout` the call was placed with.
+    pbx_timeout: Duration,
 }
 
 enum AgiOp {
@@ -316,8 +319,29 @@ struct Driver {
 }
 
 impl Driver {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Input>) {
-        while let Some(input) = rx.recv().await {
+    /// AMI reports are read straight from their bounded channel, never copied into the unbounded
+    /// one: when the driver falls behind, the AMI connections stop reading their sockets instead
+    /// of queueing whatever Asterisk sends.
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Input>,
+        mut reports: mpsc::Receiver<Report>,
+    ) {
+        let mut reports_open = true;
+        loop {
+            let input = tokio::select! {
+                input = rx.recv() => match input {
+                    Some(input) => input,
+                    None => break,
+                },
+                report = reports.recv(), if reports_open => match report {
+                    Some(report) => Input::Ami(report),
+                    None => {
+                        reports_open = false;
+                        continue;
+                    }
+                },
+            };
             let mut out = vec![];
             match input {
                 Input::Command(c) => self.command(c, &mut out),
@@ -435,6 +459,7 @@ impl Driver {
                         language: o.language.clone(),
                         agi: None,
                         waiting: vec![],
+                        pbx_timeout: o.pbx_timeout,
                     },
                 );
                 debug!(call = %o.call, server, %channel, "originate");
@@ -455,11 +480,14 @@ impl Driver {
                 }
             }
             Command::Hangup { call, q850 } => {
-                let input = self.input.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(FORGET_UNCONFIRMED_AFTER).await;
-                    let _ = input.send(Input::Forget(call));
-                });
+                if let Some(live) = self.live.get(&call) {
+                    let after = self.settings.forget_unconfirmed_after(live.pbx_timeout);
+                    let input = self.input.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(after).await;
+                        let _ = input.send(Input::Forget(call));
+                    });
+                }
                 if let Some(agi) = self.live.get(&call).and_then(|l| l.agi.as_ref()) {
                     // The answered callee is in our FastAGI session: hang up through it; the AMI
                     // Hangup events that follow end the call.
@@ -533,14 +561,10 @@ impl Driver {
         }
         match m.event() {
             Event::CoreShowChannel { action_id, chan } => {
+                let ours = self.calls.listed(server, &chan);
                 if let Some((id, list)) = self.servers[server].listing.as_mut() {
-                    if action_id == Some(id.as_str()) {
-                        list.push(ListedChannel {
-                            uniqueid: chan.uniqueid.to_string(),
-                            linkedid: chan.linkedid.to_string(),
-                            local: chan.is_local(),
-                            state: chan.state,
-                        });
+                    if action_id == Some(id.as_str()) && list.len() < MAX_LISTED_CHANNELS {
+                        list.extend(ours);
                     }
                 }
             }
@@ -627,6 +651,53 @@ async fn agi_session(
                 }
                 return;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unconfirmed_call_is_kept_for_its_own_timeout_or_the_lost_window() {
+        let settings = AsteriskSettings {
+            lost_after_ms: 30_000,
+            ..AsteriskSettings::default()
+        };
+        // A long Originate Timeout: Asterisk may still ring the call that long.
+        assert_eq!(
+            settings.forget_unconfirmed_after(Duration::from_secs(45)),
+            Duration::from_secs(45)
+        );
+        // A short one: a reconnect within lost_after_ms may still resend the hang-up.
+        assert_eq!(
+            settings.forget_unconfirmed_after(Duration::from_secs(7)),
+            Duration::from_secs(30)
+        );
+    }
+
+    #[test]
+    fn a_login_that_would_receive_no_originate_response_is_refused() {
+        let server = |events: &str| AmiServer {
+            address: "127.0.0.1:5038".parse().unwrap(),
+            username: "callcode".into(),
+            secret: "s".into(),
+            auth: client::AuthMethod::Md5,
+            events: events.into(),
+        };
+        let with = |events: &str| AsteriskSettings {
+            servers: vec![server(events)],
+            ..AsteriskSettings::default()
+        };
+        // `Events: off` gets no OriginateResponse at all (ami-login-events-off); `call` alone
+        // misses the forwarding UserEvent (class `user`).
+        for refused in ["off", "no", "call", "user", "system,user", "call,\r\nuser"] {
+            let err = with(refused).validate().unwrap_err();
+            assert!(err.contains("servers[0]"), "{refused:?}: {err}");
+        }
+        for accepted in ["on", "call,user", "user, call", "call,user,dialplan"] {
+            assert_eq!(with(accepted).validate(), Ok(()), "{accepted:?}");
         }
     }
 }
