@@ -76,8 +76,9 @@ pub struct FreeswitchSettings {
     /// Calls of a server that stays unreachable this long are closed as lost.
     #[serde(default = "default_lost_after")]
     pub lost_after_ms: u64,
-    /// Messages buffered between the socket reader and the call logic; beyond it messages are
-    /// dropped and counted (`callcode_freeswitch_messages_dropped_total`).
+    /// Messages buffered between the socket reader and the call logic; beyond it the overflow
+    /// policy of `client::pump` applies (non-essential messages dropped and counted, essential
+    /// ones held in a backlog of the same size).
     #[serde(default = "default_queue")]
     pub event_queue: usize,
 }
