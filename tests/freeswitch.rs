@@ -101,6 +101,13 @@ async fn answered_voice_with_repeat_plays_every_prompt_in_order_then_hangs_up() 
     let hangups = peer.sent_containing(&format!("sendmsg {uuid}\ncall-command: hangup"));
     assert_eq!(hangups.len(), 1, "{hangups:?}");
     assert!(hangups[0].ends_with("hangup-cause: NORMAL_CLEARING"));
+    // One subscription (fact 15), forwarding reports included (README, "How forwarding and
+    // redirection show up").
+    let subscriptions = peer.sent_containing("event ");
+    assert_eq!(
+        subscriptions,
+        ["event plain CHANNEL_CREATE CHANNEL_PROGRESS CHANNEL_PROGRESS_MEDIA CHANNEL_ANSWER CHANNEL_EXECUTE_COMPLETE CHANNEL_HANGUP_COMPLETE BACKGROUND_JOB HEARTBEAT CUSTOM sofia::notify_watched_header"]
+    );
     // The originate carried our ids, the ANI, the watched headers and the early-media choice.
     let originate = &peer.sent_containing("bgapi originate")[0];
     let ani = db_value(
