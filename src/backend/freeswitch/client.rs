@@ -208,13 +208,15 @@ impl Driver {
         )
     }
 
-    async fn write(w: &mut OwnedWriteHalf, c: Esl<'_>) -> Io {
+    /// Writes one command; `Ok(false)` when it could not be encoded and was not sent, so that no
+    /// reply is expected for it (replies pair with commands by order).
+    async fn write(w: &mut OwnedWriteHalf, c: Esl<'_>) -> std::io::Result<bool> {
         let mut buf = BytesMut::new();
         match c.encode(&mut buf) {
-            Ok(()) => w.write_all(&buf).await,
+            Ok(()) => w.write_all(&buf).await.map(|()| true),
             Err(e) => {
                 warn!(error = %e, "ESL command not sent");
-                Ok(())
+                Ok(false)
             }
         }
     }
@@ -236,7 +238,7 @@ impl Driver {
                     .originate(o.call, o.destination, o.language.clone(), job, expires);
                 debug!(call = %o.call, server = %self.link.address, "originate");
                 let job_text = job.to_string();
-                Self::write(
+                let sent = Self::write(
                     w,
                     Esl::BgApi {
                         command: &text,
@@ -244,7 +246,13 @@ impl Driver {
                     },
                 )
                 .await?;
-                pending.push_back(Pending::Originate(o.call));
+                if sent {
+                    pending.push_back(Pending::Originate(o.call));
+                } else {
+                    let mut out = Vec::new();
+                    self.tracker.originate_refused(o.call, "-ERR", &mut out);
+                    self.emit(out).await;
+                }
             }
             Command::Play { call, seq, prompt } => {
                 let Some(language) = self.tracker.language(call) else {
@@ -258,7 +266,7 @@ impl Driver {
                     return Ok(());
                 };
                 let (uuid, ev) = (call.to_string(), event_uuid.to_string());
-                Self::write(
+                if Self::write(
                     w,
                     Esl::Execute {
                         uuid: Some(&uuid),
@@ -267,8 +275,10 @@ impl Driver {
                         event_uuid: &ev,
                     },
                 )
-                .await?;
-                pending.push_back(Pending::Play);
+                .await?
+                {
+                    pending.push_back(Pending::Play);
+                }
             }
             Command::Hangup { call, q850 } => {
                 let uuid = call.to_string();
@@ -276,22 +286,25 @@ impl Driver {
                     None => {}
                     Some(HangupHow::Cancel) => {
                         let cmd = format!("uuid_kill {uuid} ORIGINATOR_CANCEL");
-                        Self::write(w, Esl::Api(&cmd)).await?;
-                        pending.push_back(Pending::Kill(call));
+                        if Self::write(w, Esl::Api(&cmd)).await? {
+                            pending.push_back(Pending::Kill(call));
+                        }
                     }
                     Some(HangupHow::Clear(cause)) => {
                         if self.shared.sessions.hangup(call, cause) {
                             return Ok(());
                         }
-                        Self::write(
+                        if Self::write(
                             w,
                             Esl::HangupMsg {
                                 uuid: Some(&uuid),
                                 cause,
                             },
                         )
-                        .await?;
-                        pending.push_back(Pending::HangupMsg(call));
+                        .await?
+                        {
+                            pending.push_back(Pending::HangupMsg(call));
+                        }
                     }
                 }
             }
@@ -716,5 +729,70 @@ mod tests {
         // With room for every essential the same stream is read to its end.
         let (stats, _) = pump_unread(all, 1, 10_000).await;
         assert!(!stats.gave_up);
+    }
+
+    #[tokio::test]
+    async fn a_command_that_cannot_be_written_expects_no_reply() {
+        use super::super::outbound::Sessions;
+        use std::collections::HashMap;
+        use std::sync::Mutex;
+        let settings: FreeswitchSettings = toml::from_str(
+            "endpoint = \"sofia/gateway/g/{number}\"\nsounds_dir = \"/s\"\n[[servers]]\naddress = \"127.0.0.1:1\"\npassword = \"p\"\n",
+        )
+        .unwrap();
+        let (events, _backend_events) = mpsc::channel(16);
+        let shared = Arc::new(Shared {
+            name: "fs".into(),
+            events,
+            owners: Mutex::new(HashMap::new()),
+            sessions: Sessions::default(),
+            stop: tokio_util::sync::CancellationToken::new(),
+            tasks: tokio_util::task::TaskTracker::new(),
+        });
+        let (commands_tx, commands) = mpsc::unbounded_channel();
+        let link = Arc::new(ServerLink {
+            address: "127.0.0.1:1".into(),
+            connected: std::sync::atomic::AtomicBool::new(true),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            commands: commands_tx,
+        });
+        let mut d = Driver::new(
+            0,
+            link,
+            "p".into(),
+            Arc::new(settings),
+            None,
+            shared,
+            commands,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (_r, mut w) = client.into_split();
+        let call = uuid::Uuid::new_v4();
+        let far = std::time::Instant::now() + Duration::from_secs(3600);
+        let n = "79990001122".parse().unwrap();
+        // A language directory with a line break: its prompt paths cannot be sent.
+        d.tracker
+            .originate(call, n, "r\nu".into(), uuid::Uuid::new_v4(), far);
+        let mut pending = VecDeque::new();
+        d.command(
+            Command::Play {
+                call,
+                seq: 1,
+                prompt: Prompt::Digit(4),
+            },
+            &mut w,
+            &mut pending,
+        )
+        .await
+        .unwrap();
+        assert!(pending.is_empty(), "{pending:?}");
+        // A command that was sent does wait for its reply.
+        d.command(Command::Hangup { call, q850: 16 }, &mut w, &mut pending)
+            .await
+            .unwrap();
+        assert!(matches!(pending.pop_front(), Some(Pending::Kill(c)) if c == call));
     }
 }
