@@ -403,10 +403,13 @@ async fn socket_cut_mid_call_reconnects_and_reconciles() {
         assert_eq!(s, 200, "{r}");
         ids.push(r["id"].clone());
     }
-    peer.wait_until(5, "both calls ringing", |p| p.originated().len() == 2)
+    peer.wait_until(5, "both calls originated", |p| p.originated().len() == 2)
         .await;
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let channels: Vec<String> = peer.originated().into_iter().map(|(_, u)| u).collect();
+    peer.wait_until(5, "both calls ringing", |p| {
+        channels.iter().all(|c| p.emitted(c, "CHANNEL_PROGRESS"))
+    })
+    .await;
     // The first channel ends while the socket is down; the second survives.
     peer.cut(&channels[..1]);
     let cbs = receiver.collect(2, 20).await;

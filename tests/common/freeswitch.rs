@@ -357,6 +357,8 @@ struct State {
     vanish_on_cut: Vec<String>,
     /// A hung FreeSWITCH: commands are read and never answered.
     muted: bool,
+    /// (channel, Event-Name) of every event handed to the event connection's writer, in order.
+    emitted: Vec<(String, String)>,
 }
 
 pub struct Peer {
@@ -493,6 +495,17 @@ impl Peer {
         }
     }
 
+    /// Whether event `name` of `channel` went out on the event connection (its writer sends
+    /// everything it was given before a cut closes the socket).
+    pub fn emitted(&self, channel: &str, name: &str) -> bool {
+        self.state
+            .lock()
+            .unwrap()
+            .emitted
+            .iter()
+            .any(|(c, n)| c == channel && n == name)
+    }
+
     /// Stops answering anything (a hung switch), or starts again.
     pub fn mute(&self, muted: bool) {
         self.state.lock().unwrap().muted = muted;
@@ -545,8 +558,15 @@ impl Peer {
 }
 
 fn emit(state: &Arc<Mutex<State>>, bytes: Vec<u8>) {
-    if let Some(tx) = &state.lock().unwrap().current {
-        let _ = tx.send(bytes);
+    let mut s = state.lock().unwrap();
+    if let Some(tx) = &s.current {
+        let name = header(&bytes, "Event-Name");
+        let channel = header(&bytes, "Unique-ID");
+        if tx.send(bytes).is_ok() {
+            if let (Some(c), Some(n)) = (channel, name) {
+                s.emitted.push((c, n));
+            }
+        }
     }
 }
 
