@@ -567,7 +567,13 @@ async fn an_idle_connection_is_probed_and_a_silent_one_replaced() {
     .await;
     assert_eq!(peer.auths(), 1, "probes answered: no reconnect");
     peer.mute(true);
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    // Silence past the liveness timeout: callcode gives the connection up and dials again.
+    peer.wait_until(10, "a second connection", |p| {
+        p.received()
+            .iter()
+            .any(|r| r.connection >= 2 && r.text.starts_with("auth "))
+    })
+    .await;
     peer.mute(false);
     peer.wait_until(10, "a reconnect after silence", |p| p.auths() >= 2)
         .await;
