@@ -633,6 +633,25 @@ mod tests {
     }
 
     #[test]
+    fn the_caller_id_flip_after_answer_is_not_taken_for_forwarding() {
+        // Gotcha: once the answered leg runs its app, Caller-Callee-ID-Number becomes our own
+        // CLI. Only Unique-ID and the number we dialled are trusted.
+        let evs = events("esl-inbound-10-answered-plain");
+        assert!(evs.iter().any(|e| {
+            e.is("Event-Name", "CHANNEL_EXECUTE_COMPLETE")
+                && e.is("Caller-Callee-ID-Number", "79991234567")
+        }));
+        let got = replay("esl-inbound-10-answered-plain", false);
+        assert_eq!(got[..2], [RING, CallEvent::Answered]);
+        assert!(!got.iter().any(|e| matches!(e, CallEvent::Forwarded { .. })));
+        assert_eq!(
+            got.last(),
+            Some(&hangup(16, None, EndedBy::Local)),
+            "{got:?}"
+        );
+    }
+
+    #[test]
     fn a_job_failure_without_a_channel_ends_the_call_once() {
         let mut t = Tracker::new(AnsweredCalls::Park);
         let (call, job) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());

@@ -483,6 +483,8 @@ pub struct Pumped {
     pub dropped: u64,
     /// Essential messages that had to wait in the held backlog.
     pub held: u64,
+    /// Framed but unreadable (a bad JSON event, too many headers): skipped and counted.
+    pub unreadable: u64,
     /// The held backlog overflowed too: the reader gave the connection up so that the reconnect
     /// reconciles the calls in flight instead of losing their ends silently.
     pub gave_up: bool,
@@ -551,7 +553,9 @@ where
                 let m = match Message::from_frame(frame, Limits::default().max_headers) {
                     Ok(m) => m,
                     Err(e) => {
-                        debug!(%server, error = %e, "unreadable ESL message skipped");
+                        warn!(%server, error = %e, "unreadable ESL message skipped");
+                        stats.unreadable += 1;
+                        metrics::counter!("callcode_freeswitch_messages_unreadable_total").increment(1);
                         continue;
                     }
                 };
@@ -729,6 +733,17 @@ mod tests {
         // With room for every essential the same stream is read to its end.
         let (stats, _) = pump_unread(all, 1, 10_000).await;
         assert!(!stats.gave_up);
+    }
+
+    #[tokio::test]
+    async fn unreadable_messages_are_counted_and_the_rest_goes_on() {
+        let bad_json = b"Content-Length: 5\nContent-Type: text/event-json\n\n{\"a\":";
+        let mut wire = bad_json.to_vec();
+        wire.extend_from_slice(b"Content-Type: command/reply\nReply-Text: +OK\n\n");
+        let (frames, _) = super::super::codec::decode_all(&wire, Limits::default()).unwrap();
+        let (stats, got) = pump_unread(frames, 4, 4).await;
+        assert_eq!(stats.unreadable, 1);
+        assert!(matches!(&got[..], [Message::CommandReply { reply, .. }] if reply == "+OK"));
     }
 
     #[tokio::test]
