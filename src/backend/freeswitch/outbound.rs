@@ -260,13 +260,13 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_session_freeswitch_keeps_open_is_closed_once_its_call_is_over() {
+    /// A backend's shared state with its outbound listener bound on loopback.
+    async fn listening() -> (Arc<Shared>, SocketAddr, mpsc::Receiver<BackendEvent>) {
         let settings: FreeswitchSettings = toml::from_str(
             "endpoint = \"sofia/gateway/g/{number}\"\nsounds_dir = \"/s\"\noutbound_listen = \"127.0.0.1:0\"\n[[servers]]\naddress = \"127.0.0.1:1\"\npassword = \"p\"\n",
         )
         .unwrap();
-        let (events, mut backend_events) = mpsc::channel(16);
+        let (events, backend_events) = mpsc::channel(16);
         let shared = Arc::new(Shared {
             name: "fs".into(),
             events,
@@ -275,9 +275,35 @@ mod tests {
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
+        let addr = listen(&settings, shared.clone()).await.unwrap();
+        (shared, addr, backend_events)
+    }
+
+    #[tokio::test]
+    async fn a_call_callcode_did_not_originate_is_told_exit() {
+        let (shared, addr, mut backend_events) = listening().await;
+        let (reply, _) = channel_data();
+        let mut fs = TcpStream::connect(addr).await.unwrap();
+        let mut buf = Vec::new();
+        read_until(&mut fs, &mut buf, b"connect\n\n").await;
+        fs.write_all(&reply).await.unwrap();
+        read_until(&mut fs, &mut buf, b"exit\n\n").await;
+        assert_eq!(buf, b"connect\n\nexit\n\n");
+        let mut chunk = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), fs.read(&mut chunk))
+            .await
+            .expect("callcode closes the session")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        assert!(backend_events.try_recv().is_err(), "nothing reported");
+        shared.stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_session_freeswitch_keeps_open_is_closed_once_its_call_is_over() {
+        let (shared, addr, mut backend_events) = listening().await;
         let (reply, call) = channel_data();
         shared.owners.lock().unwrap().insert(call, 0);
-        let addr = listen(&settings, shared.clone()).await.unwrap();
         let mut fs = TcpStream::connect(addr).await.unwrap();
         let mut buf = Vec::new();
         read_until(&mut fs, &mut buf, b"connect\n\n").await;
