@@ -359,6 +359,35 @@ mod tests {
         assert_eq!(c.route_for("RU").unwrap().backend.get_ref(), "fs");
     }
 
+    /// The files an admin drops into FreeSWITCH unmodified agree with the shipped example
+    /// config and the defaults: same event socket and password, same gateway, same listener.
+    #[test]
+    fn the_shipped_dialplan_files_match_the_example_config() {
+        let value = |xml: &str, name: &str| {
+            let at = xml.find(&format!("name=\"{name}\" value=\"")).unwrap();
+            let rest = &xml[at + name.len() + 15..];
+            rest[..rest.find('"').unwrap()].to_string()
+        };
+        let c = crate::config::Config::parse(include_str!("../../../examples/freeswitch.toml"))
+            .unwrap();
+        let s: FreeswitchSettings = c.backends[0].settings.clone().try_into().unwrap();
+        let esl = include_str!("../../../dialplan/freeswitch/event_socket.conf.xml");
+        assert_eq!(
+            format!("{}:{}", value(esl, "listen-ip"), value(esl, "listen-port")),
+            s.servers[0].address
+        );
+        assert_eq!(value(esl, "password"), s.servers[0].password);
+        let gateway = include_str!("../../../dialplan/freeswitch/gateway-carrier.xml");
+        let name = gateway.split("<gateway name=\"").nth(1).unwrap();
+        let name = &name[..name.find('"').unwrap()];
+        assert_eq!(s.endpoint, format!("sofia/gateway/{name}/{{number}}"));
+        let socket = include_str!("../../../dialplan/freeswitch/callcode-socket.xml");
+        assert!(socket.contains(&format!(
+            "application=\"socket\" data=\"{} async full\"",
+            default_outbound_listen()
+        )));
+    }
+
     #[test]
     fn defaults_and_checks() {
         let s = settings("").unwrap();
