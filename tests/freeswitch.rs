@@ -101,6 +101,13 @@ async fn answered_voice_with_repeat_plays_every_prompt_in_order_then_hangs_up() 
     let hangups = peer.sent_containing(&format!("sendmsg {uuid}\ncall-command: hangup"));
     assert_eq!(hangups.len(), 1, "{hangups:?}");
     assert!(hangups[0].ends_with("hangup-cause: NORMAL_CLEARING"));
+    // One subscription (fact 15), forwarding reports included (README, "How forwarding and
+    // redirection show up").
+    let subscriptions = peer.sent_containing("event ");
+    assert_eq!(
+        subscriptions,
+        ["event plain CHANNEL_CREATE CHANNEL_PROGRESS CHANNEL_PROGRESS_MEDIA CHANNEL_ANSWER CHANNEL_EXECUTE_COMPLETE CHANNEL_HANGUP_COMPLETE BACKGROUND_JOB HEARTBEAT CUSTOM sofia::notify_watched_header"]
+    );
     // The originate carried our ids, the ANI, the watched headers and the early-media choice.
     let originate = &peer.sent_containing("bgapi originate")[0];
     let ani = db_value(
@@ -285,19 +292,29 @@ async fn forwarding_by_181_and_by_302_is_caught_by_the_redirect_guard() {
 
 #[tokio::test]
 async fn remote_hangup_during_playback_ends_the_call_cleanly() {
+    use common::freeswitch::{BYE_AT_PROMPT, BYE_DURING_PLAYBACK};
     let peer = Peer::start().await;
     let server = start(&peer, "").await;
     let receiver = Receiver::start(0).await;
+    let number = format!("7999000{BYE_DURING_PLAYBACK}");
     let (reply, cb) = call(
         &server,
         &receiver,
-        json!({"number": "79990000080", "voice": {"code": "4821", "repeat": "1"}}),
+        json!({"number": number, "voice": {"code": "4821", "repeat": "1"}}),
     )
     .await;
     assert_eq!(cb["state"], "ANSWERED", "{cb}");
-    let uuid = channel(&peer, "79990000080");
-    let played = peer.playbacks(&uuid);
-    assert!(!played.is_empty() && played.len() < 10, "{played:?}");
+    let id = id_of(&reply);
+    assert_eq!(outcome(&server, id).await, "answered");
+    assert_confirmed(&server, id).await;
+    // The far end hung up while the third prompt played: nothing after it was asked for.
+    let uuid = channel(&peer, &number);
+    let dir = "/usr/share/callcode/sounds/ru";
+    let expected: Vec<String> = ["your_code_is", "4", "8"][..BYE_AT_PROMPT]
+        .iter()
+        .map(|s| format!("{dir}/{s}.wav"))
+        .collect();
+    assert_eq!(peer.playbacks(&uuid), expected);
     // The far end hung up: callcode neither cancels nor clears the channel.
     assert!(peer
         .sent_containing(&format!("uuid_kill {uuid}"))
@@ -309,11 +326,10 @@ async fn remote_hangup_during_playback_ends_the_call_cleanly() {
     let played_db = db_value(
         &server.db_path(),
         "SELECT prompts_played FROM call_records WHERE verification_id = ?",
-        id_of(&reply),
+        id,
     )
-    .await
-    .unwrap();
-    assert!(played_db.parse::<u16>().unwrap() < 10, "{played_db}");
+    .await;
+    assert_eq!(played_db, Some((BYE_AT_PROMPT - 1).to_string()));
 }
 
 #[tokio::test]
@@ -387,10 +403,13 @@ async fn socket_cut_mid_call_reconnects_and_reconciles() {
         assert_eq!(s, 200, "{r}");
         ids.push(r["id"].clone());
     }
-    peer.wait_until(5, "both calls ringing", |p| p.originated().len() == 2)
+    peer.wait_until(5, "both calls originated", |p| p.originated().len() == 2)
         .await;
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let channels: Vec<String> = peer.originated().into_iter().map(|(_, u)| u).collect();
+    peer.wait_until(5, "both calls ringing", |p| {
+        channels.iter().all(|c| p.emitted(c, "CHANNEL_PROGRESS"))
+    })
+    .await;
     // The first channel ends while the socket is down; the second survives.
     peer.cut(&channels[..1]);
     let cbs = receiver.collect(2, 20).await;
@@ -548,7 +567,13 @@ async fn an_idle_connection_is_probed_and_a_silent_one_replaced() {
     .await;
     assert_eq!(peer.auths(), 1, "probes answered: no reconnect");
     peer.mute(true);
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    // Silence past the liveness timeout: callcode gives the connection up and dials again.
+    peer.wait_until(10, "a second connection", |p| {
+        p.received()
+            .iter()
+            .any(|r| r.connection >= 2 && r.text.starts_with("auth "))
+    })
+    .await;
     peer.mute(false);
     peer.wait_until(10, "a reconnect after silence", |p| p.auths() >= 2)
         .await;

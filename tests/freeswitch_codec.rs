@@ -146,6 +146,36 @@ fn known_values_from_the_captures() {
         .contains("Reason=SIP;cause=302"));
 }
 
+#[test]
+fn outbound_connect_reply_and_an_api_body_without_newline() {
+    let rx =
+        std::fs::read(fixtures().join("esl-outbound-01-answer-playback-linger.rx.txt")).unwrap();
+    let (frames, _) = decode_all(&rx, Limits::default()).unwrap();
+    let mut messages = frames
+        .into_iter()
+        .map(|f| Message::from_frame(f, 4096).unwrap());
+    // Fact 13: one header block without Content-Length; even Reply-Text is URL-encoded
+    // (`%2BOK%0A`), and the mode headers come last.
+    let Some(Message::CommandReply { reply, headers }) = messages.next() else {
+        panic!("connect reply first")
+    };
+    assert_eq!(reply, "+OK");
+    assert_eq!(headers.get_str("Event-Name"), Some("CHANNEL_DATA"));
+    assert_eq!(headers.get_str("Socket-Mode"), Some("async"));
+    assert_eq!(headers.get_str("Control"), Some("full"));
+    assert!(headers.get_str("Unique-ID").is_some_and(|u| u.len() == 36));
+    assert!(headers.len() > 100, "the whole channel state");
+    // Fact 4: `uuid_getvar` answers without a trailing newline.
+    let api: Vec<_> = messages
+        .filter_map(|m| match m {
+            Message::ApiResponse(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(api.len(), 1);
+    assert_eq!(&api[0][..], b"otp-4821");
+}
+
 /// A decoded frame as owned bytes: header pairs and body.
 type OwnedFrame = (Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>);
 

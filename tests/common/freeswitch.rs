@@ -43,6 +43,7 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ),
     ("0070", "esl-inbound-70-flashcall-cancel-plain"),
     ("0080", "esl-inbound-80-remote-bye-plain"),
+    (BYE_DURING_PLAYBACK, "esl-inbound-80-remote-bye-plain"),
     ("0095", "esl-inbound-95-outbound-controller-1"),
     // The socket app as FreeSWITCH runs it when its argument was not quoted (static mode).
     ("0097", "esl-inbound-97-outbound-controller-static-1"),
@@ -50,6 +51,13 @@ pub const SCENARIOS: &[(&str, &str)] = &[
 
 /// Suffix whose originate fails with `-ERR GATEWAY_DOWN` and no channel.
 pub const GATEWAY_DOWN: &str = "0609";
+
+/// Suffix of the remote-BYE capture (-80-) whose far end hangs up while callcode's
+/// `BYE_AT_PROMPT`th prompt plays: the capture's own CHANNEL_HANGUP .. CHANNEL_HANGUP_COMPLETE
+/// are held back until that playback is asked for, and answered by them instead of its playback
+/// events (in -96- the hang-up, too, cut a running playback short).
+pub const BYE_DURING_PLAYBACK: &str = "0081";
+pub const BYE_AT_PROMPT: usize = 3;
 
 /// The number the captures dialled, the ANI and the custom variable they set.
 const CAPTURED_NUMBER: &str = "79990001122";
@@ -309,6 +317,10 @@ struct Channel {
     /// callcode's identifiers: channel UUID, Job-UUID, verification id, dialled number.
     ids: Ids,
     alive: bool,
+    /// Playbacks asked for so far.
+    playbacks: usize,
+    /// The hang-up held back for `BYE_DURING_PLAYBACK`.
+    bye: Option<Vec<Block>>,
 }
 
 #[derive(Debug, Clone)]
@@ -345,6 +357,8 @@ struct State {
     vanish_on_cut: Vec<String>,
     /// A hung FreeSWITCH: commands are read and never answered.
     muted: bool,
+    /// (channel, Event-Name) of every event handed to the event connection's writer, in order.
+    emitted: Vec<(String, String)>,
 }
 
 pub struct Peer {
@@ -481,6 +495,17 @@ impl Peer {
         }
     }
 
+    /// Whether event `name` of `channel` went out on the event connection (its writer sends
+    /// everything it was given before a cut closes the socket).
+    pub fn emitted(&self, channel: &str, name: &str) -> bool {
+        self.state
+            .lock()
+            .unwrap()
+            .emitted
+            .iter()
+            .any(|(c, n)| c == channel && n == name)
+    }
+
     /// Stops answering anything (a hung switch), or starts again.
     pub fn mute(&self, muted: bool) {
         self.state.lock().unwrap().muted = muted;
@@ -533,8 +558,15 @@ impl Peer {
 }
 
 fn emit(state: &Arc<Mutex<State>>, bytes: Vec<u8>) {
-    if let Some(tx) = &state.lock().unwrap().current {
-        let _ = tx.send(bytes);
+    let mut s = state.lock().unwrap();
+    if let Some(tx) = &s.current {
+        let name = header(&bytes, "Event-Name");
+        let channel = header(&bytes, "Unique-ID");
+        if tx.send(bytes).is_ok() {
+            if let (Some(c), Some(n)) = (channel, name) {
+                s.emitted.push((c, n));
+            }
+        }
     }
 }
 
@@ -713,6 +745,30 @@ fn follow(
     playback: Option<(String, String)>,
     gone: impl Fn() -> Vec<u8>,
 ) {
+    if kind == "playback" {
+        let bye = {
+            let mut s = state.lock().unwrap();
+            s.channels
+                .get_mut(uuid)
+                .filter(|c| c.alive)
+                .and_then(|c| {
+                    c.playbacks += 1;
+                    (c.playbacks == BYE_AT_PROMPT)
+                        .then(|| c.bye.take())
+                        .flatten()
+                })
+                .map(|bye| {
+                    let c = &s.channels[uuid];
+                    (bye, subs_for(c.scenario.as_ref().unwrap(), &c.ids))
+                })
+        };
+        if let Some((bye, subs)) = bye {
+            // Fact 14: the execute is acknowledged with `+OK` before anything plays.
+            let _ = tx.send(reply("+OK"));
+            play_segment(state.clone(), uuid.to_string(), bye, subs);
+            return;
+        }
+    }
     let found = {
         let s = state.lock().unwrap();
         s.channels.get(uuid).filter(|c| c.alive).and_then(|c| {
@@ -827,12 +883,23 @@ fn originate(cmd: &str, tx: &mpsc::UnboundedSender<Vec<u8>>, state: &Arc<Mutex<S
         .nth(1)
         .and_then(|s| s.strip_suffix(" async full)'"))
         .map(str::to_string);
+    let bye = if ids.number.ends_with(BYE_DURING_PLAYBACK) {
+        let at = blocks
+            .iter()
+            .position(|b| text(&b.bytes).contains("Event-Name: CHANNEL_HANGUP\n"))
+            .expect("hang-up in -80-");
+        Some(blocks.split_off(at))
+    } else {
+        None
+    };
     state.lock().unwrap().channels.insert(
         uuid.clone(),
         Channel {
             scenario: Some(sc),
             ids,
             alive: true,
+            playbacks: 0,
+            bye,
         },
     );
     match socket {

@@ -249,6 +249,11 @@ impl Tracker {
                 }
             }
             b"CHANNEL_HANGUP_COMPLETE" => {
+                // -52-: a 302 refused by `outbound_redirect_fatal=true` never rings; its target
+                // shows only here (in angle brackets).
+                if let Some(to) = redirected_to(e, c.dialled) {
+                    report_forward(c, to, call, out);
+                }
                 let h = hangup_of(e, c.we_hung_up);
                 self.end(call, CallEvent::Hangup(h), out);
             }
@@ -507,6 +512,7 @@ mod tests {
 
     #[test]
     fn every_outcome_capture_maps_as_the_fixture_table_says() {
+        use std::str::FromStr;
         use EndedBy::*;
         let cases: &[(&str, bool, &[CallEvent])] = &[
             (
@@ -553,6 +559,16 @@ mod tests {
                 "esl-inbound-45-unreachable-port-plain",
                 false,
                 &[hangup(27, None, Local)],
+            ),
+            (
+                "esl-inbound-52-redirect302-fatal-plain",
+                false,
+                &[
+                    CallEvent::Forwarded {
+                        to: Some(Msisdn::from_str("79990003344").unwrap()),
+                    },
+                    hangup(44, None, Local),
+                ],
             ),
             (
                 "esl-inbound-62-early183-busy-ignore-early-media-plain",
@@ -614,6 +630,25 @@ mod tests {
         // Without either, a 181 leaves no trace (README): nothing is made up.
         let got = replay("esl-inbound-50-forward181-plain", false);
         assert!(!got.iter().any(|e| matches!(e, CallEvent::Forwarded { .. })));
+    }
+
+    #[test]
+    fn the_caller_id_flip_after_answer_is_not_taken_for_forwarding() {
+        // Gotcha: once the answered leg runs its app, Caller-Callee-ID-Number becomes our own
+        // CLI. Only Unique-ID and the number we dialled are trusted.
+        let evs = events("esl-inbound-10-answered-plain");
+        assert!(evs.iter().any(|e| {
+            e.is("Event-Name", "CHANNEL_EXECUTE_COMPLETE")
+                && e.is("Caller-Callee-ID-Number", "79991234567")
+        }));
+        let got = replay("esl-inbound-10-answered-plain", false);
+        assert_eq!(got[..2], [RING, CallEvent::Answered]);
+        assert!(!got.iter().any(|e| matches!(e, CallEvent::Forwarded { .. })));
+        assert_eq!(
+            got.last(),
+            Some(&hangup(16, None, EndedBy::Local)),
+            "{got:?}"
+        );
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //! - Connects, answers `auth/request` with the password, subscribes to exactly the events the
 //!   tracker reads (plain format: the zero-copy path).
 //! - A reader task drains the socket all the time (FreeSWITCH drops listeners that fall far
-//!   behind) into a bounded queue. When the queue is full the newest message is dropped and
-//!   counted in `callcode_freeswitch_messages_dropped_total`: a call whose events were lost still
-//!   ends, by the call machine's own deadlines.
+//!   behind) into a bounded queue. When the queue is full, non-essential messages are dropped
+//!   and counted in `callcode_freeswitch_messages_dropped_total`; replies, answers, call ends,
+//!   job results and forwarding wait in a held backlog of the same size, and past that the
+//!   connection is reset and its calls reconciled (`pump`).
 //! - Replies (`command/reply`, `api/response`) come back in command order, so what each one
 //!   answers is kept in a FIFO.
 //! - Liveness: an idle connection is probed with `api status`; silence past the liveness timeout
@@ -207,13 +208,15 @@ impl Driver {
         )
     }
 
-    async fn write(w: &mut OwnedWriteHalf, c: Esl<'_>) -> Io {
+    /// Writes one command; `Ok(false)` when it could not be encoded and was not sent, so that no
+    /// reply is expected for it (replies pair with commands by order).
+    async fn write(w: &mut OwnedWriteHalf, c: Esl<'_>) -> std::io::Result<bool> {
         let mut buf = BytesMut::new();
         match c.encode(&mut buf) {
-            Ok(()) => w.write_all(&buf).await,
+            Ok(()) => w.write_all(&buf).await.map(|()| true),
             Err(e) => {
                 warn!(error = %e, "ESL command not sent");
-                Ok(())
+                Ok(false)
             }
         }
     }
@@ -235,7 +238,7 @@ impl Driver {
                     .originate(o.call, o.destination, o.language.clone(), job, expires);
                 debug!(call = %o.call, server = %self.link.address, "originate");
                 let job_text = job.to_string();
-                Self::write(
+                let sent = Self::write(
                     w,
                     Esl::BgApi {
                         command: &text,
@@ -243,7 +246,13 @@ impl Driver {
                     },
                 )
                 .await?;
-                pending.push_back(Pending::Originate(o.call));
+                if sent {
+                    pending.push_back(Pending::Originate(o.call));
+                } else {
+                    let mut out = Vec::new();
+                    self.tracker.originate_refused(o.call, "-ERR", &mut out);
+                    self.emit(out).await;
+                }
             }
             Command::Play { call, seq, prompt } => {
                 let Some(language) = self.tracker.language(call) else {
@@ -257,7 +266,7 @@ impl Driver {
                     return Ok(());
                 };
                 let (uuid, ev) = (call.to_string(), event_uuid.to_string());
-                Self::write(
+                if Self::write(
                     w,
                     Esl::Execute {
                         uuid: Some(&uuid),
@@ -266,8 +275,10 @@ impl Driver {
                         event_uuid: &ev,
                     },
                 )
-                .await?;
-                pending.push_back(Pending::Play);
+                .await?
+                {
+                    pending.push_back(Pending::Play);
+                }
             }
             Command::Hangup { call, q850 } => {
                 let uuid = call.to_string();
@@ -275,22 +286,25 @@ impl Driver {
                     None => {}
                     Some(HangupHow::Cancel) => {
                         let cmd = format!("uuid_kill {uuid} ORIGINATOR_CANCEL");
-                        Self::write(w, Esl::Api(&cmd)).await?;
-                        pending.push_back(Pending::Kill(call));
+                        if Self::write(w, Esl::Api(&cmd)).await? {
+                            pending.push_back(Pending::Kill(call));
+                        }
                     }
                     Some(HangupHow::Clear(cause)) => {
                         if self.shared.sessions.hangup(call, cause) {
                             return Ok(());
                         }
-                        Self::write(
+                        if Self::write(
                             w,
                             Esl::HangupMsg {
                                 uuid: Some(&uuid),
                                 cause,
                             },
                         )
-                        .await?;
-                        pending.push_back(Pending::HangupMsg(call));
+                        .await?
+                        {
+                            pending.push_back(Pending::HangupMsg(call));
+                        }
                     }
                 }
             }
@@ -363,8 +377,15 @@ impl Driver {
     async fn session(&mut self, frames: Reader, mut w: OwnedWriteHalf) -> bool {
         let (queue_tx, mut queue) = mpsc::channel::<Message>(self.settings.event_queue);
         let server = self.link.address.clone();
+        let held_cap = self.settings.event_queue;
         let reader = tokio::spawn(async move {
-            pump(frames, &queue_tx, &server).await;
+            let (_, held) = pump(frames, &queue_tx, &server, held_cap).await;
+            // The stream is over: what was held still goes, the disconnect notice last.
+            for m in held {
+                if queue_tx.send(m).await.is_err() {
+                    break;
+                }
+            }
         });
         let mut pending = VecDeque::new();
         let result = self.run_session(&mut w, &mut queue, &mut pending).await;
@@ -456,39 +477,116 @@ impl Driver {
 /// What the reader did with the messages of one connection.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pumped {
+    /// Handed to the call logic (directly or after waiting in the held backlog).
     pub queued: u64,
-    /// Dropped because the queue was full (the overflow policy: drop the newest, count it).
+    /// Non-essential messages dropped because the queue was full.
     pub dropped: u64,
+    /// Essential messages that had to wait in the held backlog.
+    pub held: u64,
+    /// Framed but unreadable (a bad JSON event, too many headers): skipped and counted.
+    pub unreadable: u64,
+    /// The held backlog overflowed too: the reader gave the connection up so that the reconnect
+    /// reconciles the calls in flight instead of losing their ends silently.
+    pub gave_up: bool,
 }
 
-/// Reads frames until the stream ends or fails, never waiting on the consumer: a full queue
-/// drops the message and counts it, so the socket is always drained.
-pub async fn pump<S>(mut frames: S, queue: &mpsc::Sender<Message>, server: &str) -> Pumped
+/// Whether a message must reach the call logic even when the queue is full. Replies pair with
+/// our commands by order (one lost reply would misattribute every later one); the rest decide
+/// a call's outcome: its answer, its end, its job result, its forwarding, the connection's end.
+/// Progress, prompt completions, heartbeats and anything unknown may be dropped: the call
+/// machine's own deadlines cover them.
+pub fn essential(m: &Message) -> bool {
+    match m {
+        Message::Event(e) => e.get_raw("Event-Name").is_some_and(|name| {
+            matches!(
+                name,
+                b"CHANNEL_ANSWER" | b"CHANNEL_HANGUP_COMPLETE" | b"BACKGROUND_JOB"
+            ) || (name == b"CUSTOM" && e.is("Event-Subclass", "sofia::notify_watched_header"))
+        }),
+        Message::AuthRequest
+        | Message::CommandReply { .. }
+        | Message::ApiResponse(_)
+        | Message::Disconnect { .. } => true,
+        Message::Log(_) | Message::Other { .. } => false,
+    }
+}
+
+/// Reads frames until the stream ends or fails, never waiting on the consumer, so the socket is
+/// always drained. The overflow policy, when the queue is full: a non-essential message is
+/// dropped and counted; an essential one (see `essential`) waits in a held backlog of at most
+/// `held_cap` messages, which is handed on in order as the queue frees up (and every later
+/// message waits behind it, so order is kept). Past `held_cap` the reader gives the connection
+/// up: the driver reconnects and reconciles the calls in flight with `uuid_exists`.
+///
+/// Returns, with the counts, what is still held when the stream is over: the caller hands it on
+/// (it may wait for the consumer then; the socket is no longer being read).
+pub async fn pump<S>(
+    mut frames: S,
+    queue: &mpsc::Sender<Message>,
+    server: &str,
+    held_cap: usize,
+) -> (Pumped, VecDeque<Message>)
 where
     S: futures_util::Stream<Item = Result<super::codec::Frame, super::codec::StreamError>> + Unpin,
 {
     let mut stats = Pumped::default();
-    while let Some(frame) = frames.next().await {
-        let frame = match frame {
-            Ok(f) => f,
-            Err(e) => {
-                warn!(%server, error = %e, "ESL stream error");
-                break;
-            }
-        };
-        match Message::from_frame(frame, Limits::default().max_headers) {
-            Ok(m) => {
-                if queue.try_send(m).is_ok() {
+    let mut held: VecDeque<Message> = VecDeque::new();
+    loop {
+        tokio::select! {
+            biased;
+            permit = queue.reserve(), if !held.is_empty() => {
+                let Ok(permit) = permit else { return (stats, held) };
+                if let Some(m) = held.pop_front() {
+                    permit.send(m);
                     stats.queued += 1;
-                } else {
-                    stats.dropped += 1;
-                    metrics::counter!("callcode_freeswitch_messages_dropped_total").increment(1);
                 }
             }
-            Err(e) => debug!(%server, error = %e, "unreadable ESL message skipped"),
+            frame = frames.next() => {
+                let frame = match frame {
+                    Some(Ok(f)) => f,
+                    Some(Err(e)) => {
+                        warn!(%server, error = %e, "ESL stream error");
+                        break;
+                    }
+                    None => break,
+                };
+                let m = match Message::from_frame(frame, Limits::default().max_headers) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        warn!(%server, error = %e, "unreadable ESL message skipped");
+                        stats.unreadable += 1;
+                        metrics::counter!("callcode_freeswitch_messages_unreadable_total").increment(1);
+                        continue;
+                    }
+                };
+                let m = if held.is_empty() {
+                    match queue.try_send(m) {
+                        Ok(()) => {
+                            stats.queued += 1;
+                            continue;
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => return (stats, held),
+                        Err(mpsc::error::TrySendError::Full(m)) => m,
+                    }
+                } else {
+                    m
+                };
+                if !essential(&m) {
+                    stats.dropped += 1;
+                    metrics::counter!("callcode_freeswitch_messages_dropped_total").increment(1);
+                } else if held.len() < held_cap {
+                    held.push_back(m);
+                    stats.held += 1;
+                } else {
+                    warn!(%server, held = held.len(), "call logic too far behind; dropping the connection to reconcile");
+                    metrics::counter!("callcode_freeswitch_backlog_resets_total").increment(1);
+                    stats.gave_up = true;
+                    break;
+                }
+            }
         }
     }
-    stats
+    (stats, held)
 }
 
 async fn next_message(frames: &mut Reader) -> Result<Message, String> {
@@ -549,24 +647,167 @@ pub(crate) async fn run(mut d: Driver) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::stream;
 
-    #[tokio::test]
-    async fn a_full_queue_drops_and_counts_instead_of_blocking_the_reader() {
-        let rx = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/freeswitch/esl-inbound-10-answered-plain.rx.txt"
+    fn capture(name: &str) -> Vec<super::super::codec::Frame> {
+        let rx = std::fs::read(format!(
+            "{}/tests/fixtures/freeswitch/{name}.rx.txt",
+            env!("CARGO_MANIFEST_DIR")
         ))
         .unwrap();
-        let (total, _) = super::super::codec::decode_all(&rx, Limits::default()).unwrap();
-        let (tx, mut queue) = mpsc::channel(4);
-        let frames = FramedRead::new(&rx[..], EslCodec::new(Limits::default()));
-        // Nobody consumes: the reader still reaches the end of the stream.
-        let stats = tokio::time::timeout(Duration::from_secs(10), pump(frames, &tx, "test"))
-            .await
-            .expect("the reader must not wait for the consumer");
+        super::super::codec::decode_all(&rx, Limits::default())
+            .unwrap()
+            .0
+    }
+
+    fn message(f: &super::super::codec::Frame) -> Message {
+        Message::from_frame(f.clone(), Limits::default().max_headers).unwrap()
+    }
+
+    /// Runs the reader over `frames` with a queue of `capacity` that nobody reads; returns the
+    /// counts and what reached the consumer (the queue, then the held rest), in order.
+    async fn pump_unread(
+        frames: Vec<super::super::codec::Frame>,
+        capacity: usize,
+        held_cap: usize,
+    ) -> (Pumped, Vec<Message>) {
+        let (tx, mut queue) = mpsc::channel(capacity);
+        let frames = stream::iter(frames.into_iter().map(Ok));
+        let (stats, held) =
+            tokio::time::timeout(Duration::from_secs(10), pump(frames, &tx, "test", held_cap))
+                .await
+                .expect("the reader must not wait for the consumer");
+        let mut got = Vec::new();
+        while let Ok(m) = queue.try_recv() {
+            got.push(m);
+        }
+        got.extend(held);
+        (stats, got)
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_only_non_essential_messages_and_keeps_the_order() {
+        // -10- then -20- (busy: its CHANNEL_HANGUP_COMPLETE and BACKGROUND_JOB come late).
+        let mut all = capture("esl-inbound-10-answered-plain");
+        all.extend(capture("esl-inbound-20-busy486-plain"));
+        let expected: Vec<Message> = all.iter().map(message).collect();
+        let name_count = |ms: &[Message], wanted: &str| {
+            ms.iter()
+                .filter(|m| matches!(m, Message::Event(e) if e.is("Event-Name", wanted)))
+                .count()
+        };
+        let (stats, got) = pump_unread(all, 4, 10_000).await;
+        // The first four went straight in; after that the essentials, all of them, in order.
+        assert_eq!(got[..4], expected[..4]);
+        let essential_after: Vec<&Message> =
+            expected[4..].iter().filter(|m| essential(m)).collect();
+        assert_eq!(got[4..].iter().collect::<Vec<_>>(), essential_after);
+        for kept in [
+            "CHANNEL_ANSWER",
+            "CHANNEL_HANGUP_COMPLETE",
+            "BACKGROUND_JOB",
+        ] {
+            assert_eq!(
+                name_count(&got, kept),
+                name_count(&expected, kept),
+                "{kept}"
+            );
+            assert!(name_count(&got, kept) >= 1, "{kept}");
+        }
+        assert_eq!(name_count(&got, "PLAYBACK_START"), 0);
         assert_eq!(stats.queued, 4);
-        assert_eq!(stats.dropped, total.len() as u64 - 4);
-        // The oldest messages are the ones kept: the greeting comes first.
-        assert_eq!(queue.recv().await, Some(Message::AuthRequest));
+        assert_eq!(stats.held as usize, got.len() - 4);
+        assert_eq!(stats.dropped as usize, expected.len() - got.len());
+        assert!(stats.dropped > 0 && !stats.gave_up);
+    }
+
+    #[tokio::test]
+    async fn a_held_backlog_past_its_cap_gives_the_connection_up() {
+        let all = capture("esl-inbound-10-answered-plain");
+        let (stats, got) = pump_unread(all.clone(), 1, 2).await;
+        assert!(stats.gave_up);
+        // The one in the queue and the two held are still handed on.
+        assert_eq!(got.len(), 3);
+        assert_eq!((stats.queued, stats.held), (1, 2));
+        assert!(got[1..].iter().all(essential));
+        // With room for every essential the same stream is read to its end.
+        let (stats, _) = pump_unread(all, 1, 10_000).await;
+        assert!(!stats.gave_up);
+    }
+
+    #[tokio::test]
+    async fn unreadable_messages_are_counted_and_the_rest_goes_on() {
+        let bad_json = b"Content-Length: 5\nContent-Type: text/event-json\n\n{\"a\":";
+        let mut wire = bad_json.to_vec();
+        wire.extend_from_slice(b"Content-Type: command/reply\nReply-Text: +OK\n\n");
+        let (frames, _) = super::super::codec::decode_all(&wire, Limits::default()).unwrap();
+        let (stats, got) = pump_unread(frames, 4, 4).await;
+        assert_eq!(stats.unreadable, 1);
+        assert!(matches!(&got[..], [Message::CommandReply { reply, .. }] if reply == "+OK"));
+    }
+
+    #[tokio::test]
+    async fn a_command_that_cannot_be_written_expects_no_reply() {
+        use super::super::outbound::Sessions;
+        use std::collections::HashMap;
+        use std::sync::Mutex;
+        let settings: FreeswitchSettings = toml::from_str(
+            "endpoint = \"sofia/gateway/g/{number}\"\nsounds_dir = \"/s\"\n[[servers]]\naddress = \"127.0.0.1:1\"\npassword = \"p\"\n",
+        )
+        .unwrap();
+        let (events, _backend_events) = mpsc::channel(16);
+        let shared = Arc::new(Shared {
+            name: "fs".into(),
+            events,
+            owners: Mutex::new(HashMap::new()),
+            sessions: Sessions::default(),
+            stop: tokio_util::sync::CancellationToken::new(),
+            tasks: tokio_util::task::TaskTracker::new(),
+        });
+        let (commands_tx, commands) = mpsc::unbounded_channel();
+        let link = Arc::new(ServerLink {
+            address: "127.0.0.1:1".into(),
+            connected: std::sync::atomic::AtomicBool::new(true),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            commands: commands_tx,
+        });
+        let mut d = Driver::new(
+            0,
+            link,
+            "p".into(),
+            Arc::new(settings),
+            None,
+            shared,
+            commands,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (_r, mut w) = client.into_split();
+        let call = uuid::Uuid::new_v4();
+        let far = std::time::Instant::now() + Duration::from_secs(3600);
+        let n = "79990001122".parse().unwrap();
+        // A language directory with a line break: its prompt paths cannot be sent.
+        d.tracker
+            .originate(call, n, "r\nu".into(), uuid::Uuid::new_v4(), far);
+        let mut pending = VecDeque::new();
+        d.command(
+            Command::Play {
+                call,
+                seq: 1,
+                prompt: Prompt::Digit(4),
+            },
+            &mut w,
+            &mut pending,
+        )
+        .await
+        .unwrap();
+        assert!(pending.is_empty(), "{pending:?}");
+        // A command that was sent does wait for its reply.
+        d.command(Command::Hangup { call, q850: 16 }, &mut w, &mut pending)
+            .await
+            .unwrap();
+        assert!(matches!(pending.pop_front(), Some(Pending::Kill(c)) if c == call));
     }
 }

@@ -559,4 +559,52 @@ mod tests {
         assert!(Event::parse_json(b"{\"a\":\"b\"} x", 64).is_err());
         assert!(Event::parse_json(br#"{"a":"1","b":"2"}"#, 1).is_err());
     }
+
+    #[test]
+    fn unknown_content_types_are_surfaced_and_log_lines_recognised() {
+        use super::super::codec::{decode_all, Limits};
+        let (frames, _) = decode_all(
+            b"Content-Type: text/rude-rejection\nContent-Length: 3\n\nabc",
+            Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            Message::from_frame(frames[0].clone(), 64).unwrap(),
+            Message::Other {
+                content_type: "text/rude-rejection".into(),
+                body: Bytes::from_static(b"abc"),
+            }
+        );
+        // -02-: `log 6` gives log/data frames (fact 11), `event xml` gives text/event-xml whose
+        // values are percent-encoded like plain ones (fact 10).
+        let rx = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/freeswitch/esl-inbound-02-xml-events-and-log.rx.txt"
+        ))
+        .unwrap();
+        let messages: Vec<Message> = decode_all(&rx, Limits::default())
+            .unwrap()
+            .0
+            .into_iter()
+            .map(|f| Message::from_frame(f, 4096).unwrap())
+            .collect();
+        let logs = messages
+            .iter()
+            .filter(|m| matches!(m, Message::Log(b) if !b.is_empty()))
+            .count();
+        assert!(logs > 0);
+        let xml: Vec<&Event> = messages
+            .iter()
+            .filter_map(|m| match m {
+                Message::Event(e) if e.format == Format::Xml => Some(e),
+                _ => None,
+            })
+            .collect();
+        assert!(!xml.is_empty());
+        let date = xml[0].get("Event-Date-Local").unwrap();
+        assert!(
+            date.contains(' ') && date.contains(':') && !date.contains('%'),
+            "{date}"
+        );
+    }
 }

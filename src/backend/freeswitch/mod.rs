@@ -76,8 +76,9 @@ pub struct FreeswitchSettings {
     /// Calls of a server that stays unreachable this long are closed as lost.
     #[serde(default = "default_lost_after")]
     pub lost_after_ms: u64,
-    /// Messages buffered between the socket reader and the call logic; beyond it messages are
-    /// dropped and counted (`callcode_freeswitch_messages_dropped_total`).
+    /// Messages buffered between the socket reader and the call logic; beyond it the overflow
+    /// policy of `client::pump` applies (non-essential messages dropped and counted, essential
+    /// ones held in a backlog of the same size).
     #[serde(default = "default_queue")]
     pub event_queue: usize,
 }
@@ -356,6 +357,35 @@ mod tests {
         s.validate().unwrap();
         assert_eq!(s.servers[0].address, "127.0.0.1:8021");
         assert_eq!(c.route_for("RU").unwrap().backend.get_ref(), "fs");
+    }
+
+    /// The files an admin drops into FreeSWITCH unmodified agree with the shipped example
+    /// config and the defaults: same event socket and password, same gateway, same listener.
+    #[test]
+    fn the_shipped_dialplan_files_match_the_example_config() {
+        let value = |xml: &str, name: &str| {
+            let at = xml.find(&format!("name=\"{name}\" value=\"")).unwrap();
+            let rest = &xml[at + name.len() + 15..];
+            rest[..rest.find('"').unwrap()].to_string()
+        };
+        let c = crate::config::Config::parse(include_str!("../../../examples/freeswitch.toml"))
+            .unwrap();
+        let s: FreeswitchSettings = c.backends[0].settings.clone().try_into().unwrap();
+        let esl = include_str!("../../../dialplan/freeswitch/event_socket.conf.xml");
+        assert_eq!(
+            format!("{}:{}", value(esl, "listen-ip"), value(esl, "listen-port")),
+            s.servers[0].address
+        );
+        assert_eq!(value(esl, "password"), s.servers[0].password);
+        let gateway = include_str!("../../../dialplan/freeswitch/gateway-carrier.xml");
+        let name = gateway.split("<gateway name=\"").nth(1).unwrap();
+        let name = &name[..name.find('"').unwrap()];
+        assert_eq!(s.endpoint, format!("sofia/gateway/{name}/{{number}}"));
+        let socket = include_str!("../../../dialplan/freeswitch/callcode-socket.xml");
+        assert!(socket.contains(&format!(
+            "application=\"socket\" data=\"{} async full\"",
+            default_outbound_listen()
+        )));
     }
 
     #[test]

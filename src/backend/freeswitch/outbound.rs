@@ -10,7 +10,8 @@
 //! carries the causes; this module never reports a hang-up.
 //!
 //! Limits: at most `outbound_max_sessions` at once (further connections are closed), a bounded
-//! handshake, and a clean stop when the backend closes. Connections for calls that are not ours
+//! handshake, a session closed once its call is over (even if FreeSWITCH keeps it open), and a
+//! clean stop when the backend closes. Connections for calls that are not ours
 //! are told `exit`.
 
 use std::collections::HashMap;
@@ -34,6 +35,10 @@ use crate::backend::{BackendEvent, CallEvent};
 use crate::call::CallId;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often a session checks that its call is still in flight. A session lives no longer than
+/// its call (whose own deadlines end it even when FreeSWITCH goes silent), plus at most this.
+const OWNERSHIP_CHECK: Duration = Duration::from_millis(500);
 
 #[derive(Debug)]
 pub(crate) enum SessionCommand {
@@ -165,9 +170,18 @@ async fn session(stream: TcpStream, shared: Arc<Shared>) -> Result<(), String> {
     let _ = shared.events.send(emit(CallEvent::Answered)).await;
     let mut playbacks: HashMap<String, u16> = HashMap::new();
     let stop = shared.stop.clone();
+    let mut check = tokio::time::interval(OWNERSHIP_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
         tokio::select! {
             _ = stop.cancelled() => break Ok(()),
+            _ = check.tick() => {
+                // The inbound side reported the call's end (or gave it up as lost): nothing more
+                // will be played, so a session FreeSWITCH keeps open is not kept for ever.
+                if !shared.owners.lock().is_ok_and(|o| o.contains_key(&call)) {
+                    break Ok(());
+                }
+            }
             c = rx.recv() => {
                 let Some(c) = c else { break Ok(()) };
                 let sent = match c {
@@ -202,4 +216,115 @@ async fn session(stream: TcpStream, shared: Arc<Shared>) -> Result<(), String> {
     };
     shared.sessions.remove(call);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    /// FreeSWITCH's `connect` reply from esl-outbound-01 (a header block without Content-Length).
+    fn channel_data() -> (Vec<u8>, CallId) {
+        let rx = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/freeswitch/esl-outbound-01-answer-playback-linger.rx.txt"
+        ))
+        .unwrap();
+        let end = memchr::memmem::find(&rx, b"\n\n").unwrap() + 2;
+        let block = rx[..end].to_vec();
+        let text = String::from_utf8_lossy(&block);
+        let call = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Unique-ID: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        (block, call)
+    }
+
+    async fn read_until(stream: &mut TcpStream, buf: &mut Vec<u8>, needle: &[u8]) {
+        let mut chunk = [0u8; 1024];
+        while memchr::memmem::find(buf, needle).is_none() {
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+                .await
+                .expect("callcode answers")
+                .unwrap();
+            assert!(
+                n > 0,
+                "closed early; got {:?}",
+                String::from_utf8_lossy(buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// A backend's shared state with its outbound listener bound on loopback.
+    async fn listening() -> (Arc<Shared>, SocketAddr, mpsc::Receiver<BackendEvent>) {
+        let settings: FreeswitchSettings = toml::from_str(
+            "endpoint = \"sofia/gateway/g/{number}\"\nsounds_dir = \"/s\"\noutbound_listen = \"127.0.0.1:0\"\n[[servers]]\naddress = \"127.0.0.1:1\"\npassword = \"p\"\n",
+        )
+        .unwrap();
+        let (events, backend_events) = mpsc::channel(16);
+        let shared = Arc::new(Shared {
+            name: "fs".into(),
+            events,
+            owners: Mutex::new(HashMap::new()),
+            sessions: Sessions::default(),
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        let addr = listen(&settings, shared.clone()).await.unwrap();
+        (shared, addr, backend_events)
+    }
+
+    #[tokio::test]
+    async fn a_call_callcode_did_not_originate_is_told_exit() {
+        let (shared, addr, mut backend_events) = listening().await;
+        let (reply, _) = channel_data();
+        let mut fs = TcpStream::connect(addr).await.unwrap();
+        let mut buf = Vec::new();
+        read_until(&mut fs, &mut buf, b"connect\n\n").await;
+        fs.write_all(&reply).await.unwrap();
+        read_until(&mut fs, &mut buf, b"exit\n\n").await;
+        assert_eq!(buf, b"connect\n\nexit\n\n");
+        let mut chunk = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), fs.read(&mut chunk))
+            .await
+            .expect("callcode closes the session")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        assert!(backend_events.try_recv().is_err(), "nothing reported");
+        shared.stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_session_freeswitch_keeps_open_is_closed_once_its_call_is_over() {
+        let (shared, addr, mut backend_events) = listening().await;
+        let (reply, call) = channel_data();
+        shared.owners.lock().unwrap().insert(call, 0);
+        let mut fs = TcpStream::connect(addr).await.unwrap();
+        let mut buf = Vec::new();
+        read_until(&mut fs, &mut buf, b"connect\n\n").await;
+        fs.write_all(&reply).await.unwrap();
+        read_until(&mut fs, &mut buf, b"linger\n\n").await;
+        let answered = tokio::time::timeout(Duration::from_secs(5), backend_events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(answered.event, CallEvent::Answered);
+        assert!(shared.sessions.play(call, 1, "/s/en/1.wav".into()));
+        read_until(&mut fs, &mut buf, b"execute-app-arg: /s/en/1.wav\n").await;
+        // The inbound side reports the call's end; FreeSWITCH never closes the socket.
+        shared.forget(call);
+        let mut chunk = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), fs.read(&mut chunk))
+            .await
+            .expect("callcode closes the session")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&chunk[..n]));
+        assert!(!shared.sessions.play(call, 2, "/s/en/2.wav".into()));
+        shared.stop.cancel();
+    }
 }
