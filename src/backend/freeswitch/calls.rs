@@ -254,6 +254,12 @@ impl Tracker {
                 if let Some(to) = redirected_to(e, c.dialled) {
                     report_forward(c, to, call, out);
                 }
+                // The answer itself can be missing from what we saw (it came while the socket was
+                // down and the channel outlived the reconnect); the final event still says so.
+                if !c.answered && self.mode == AnsweredCalls::Park && was_answered(e) {
+                    c.answered = true;
+                    emit(out, CallEvent::Answered);
+                }
                 let h = hangup_of(e, c.we_hung_up);
                 self.end(call, CallEvent::Hangup(h), out);
             }
@@ -362,6 +368,17 @@ pub fn watched_forward(e: &Event, dialled: Msisdn) -> Option<Option<Msisdn>> {
         return Some(uri_number(&value).filter(|n| !same_number(*n, dialled)));
     }
     None
+}
+
+/// Whether a CHANNEL_HANGUP_COMPLETE is of a call that was answered: its answer time
+/// (`Caller-Channel-Answered-Time`, µs, 0 when never answered) or its billed time.
+fn was_answered(e: &Event) -> bool {
+    let positive = |name: &str| {
+        e.get(name)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|v| v > 0)
+    };
+    positive("Caller-Channel-Answered-Time") || positive("variable_billmsec")
 }
 
 /// How a channel ended, from its CHANNEL_HANGUP_COMPLETE.
@@ -630,6 +647,60 @@ mod tests {
         // Without either, a 181 leaves no trace (README): nothing is made up.
         let got = replay("esl-inbound-50-forward181-plain", false);
         assert!(!got.iter().any(|e| matches!(e, CallEvent::Forwarded { .. })));
+    }
+
+    #[test]
+    fn an_answer_missed_during_a_socket_gap_is_taken_from_the_final_event() {
+        // -80-: answered, then the far end hung up. Drop every event between the progress and
+        // the hang-up, as a cut socket would, and the final event alone must say "answered".
+        let evs = events("esl-inbound-80-remote-bye-plain");
+        let (call, job) = ids(&evs);
+        let mut t = Tracker::new(AnsweredCalls::Park);
+        t.originate(
+            call,
+            "79990001122".parse().unwrap(),
+            "en".into(),
+            job,
+            far(),
+        );
+        let mut out = Vec::new();
+        for e in evs.iter().filter(|e| {
+            e.is("Event-Name", "CHANNEL_PROGRESS") || e.is("Event-Name", "CHANNEL_HANGUP_COMPLETE")
+        }) {
+            t.on_event(e, &mut out);
+        }
+        let got: Vec<CallEvent> = out.into_iter().map(|b| b.event).collect();
+        assert_eq!(
+            got,
+            [
+                RING,
+                CallEvent::Answered,
+                hangup(16, Some(200), EndedBy::Remote)
+            ]
+        );
+
+        // A call that was never answered gets no such event (-20-, busy).
+        let evs = events("esl-inbound-20-busy486-plain");
+        let (call, job) = ids(&evs);
+        let mut t = Tracker::new(AnsweredCalls::Park);
+        t.originate(
+            call,
+            "79990001122".parse().unwrap(),
+            "en".into(),
+            job,
+            far(),
+        );
+        let mut out = Vec::new();
+        for e in evs
+            .iter()
+            .filter(|e| e.is("Event-Name", "CHANNEL_HANGUP_COMPLETE"))
+        {
+            t.on_event(e, &mut out);
+        }
+        assert!(
+            out.iter().all(|b| b.event != CallEvent::Answered),
+            "{out:?}"
+        );
     }
 
     #[test]
