@@ -492,11 +492,9 @@ mod tests {
         (call, job_id)
     }
 
-    /// Replays a capture through a tracker; `kill_after_progress` marks our own hang-up request
-    /// at the first progress, as the flash-call captures did.
-    fn replay(name: &str, kill_after_progress: bool) -> Vec<CallEvent> {
-        let evs = events(name);
-        let (call, job) = ids(&evs);
+    /// A tracker that has originated the capture's call (with its channel UUID and Job-UUID).
+    fn tracking(evs: &[Event]) -> (Tracker, CallId) {
+        let (call, job) = ids(evs);
         let mut t = Tracker::new(AnsweredCalls::Park);
         t.originate(
             call,
@@ -505,6 +503,14 @@ mod tests {
             job,
             far(),
         );
+        (t, call)
+    }
+
+    /// Replays a capture through a tracker; `kill_after_progress` marks our own hang-up request
+    /// at the first progress, as the flash-call captures did.
+    fn replay(name: &str, kill_after_progress: bool) -> Vec<CallEvent> {
+        let evs = events(name);
+        let (mut t, call) = tracking(&evs);
         let mut out = Vec::new();
         for e in &evs {
             t.on_event(e, &mut out);
@@ -681,15 +687,7 @@ mod tests {
 
         // A call that was never answered gets no such event (-20-, busy).
         let evs = events("esl-inbound-20-busy486-plain");
-        let (call, job) = ids(&evs);
-        let mut t = Tracker::new(AnsweredCalls::Park);
-        t.originate(
-            call,
-            "79990001122".parse().unwrap(),
-            "en".into(),
-            job,
-            far(),
-        );
+        let (mut t, _) = tracking(&evs);
         let mut out = Vec::new();
         for e in evs
             .iter()
@@ -755,15 +753,7 @@ mod tests {
     #[test]
     fn prompts_complete_by_application_uuid() {
         let evs = events("esl-inbound-10-answered-plain");
-        let (call, job) = ids(&evs);
-        let mut t = Tracker::new(AnsweredCalls::Park);
-        t.originate(
-            call,
-            "79990001122".parse().unwrap(),
-            "en".into(),
-            job,
-            far(),
-        );
+        let (mut t, call) = tracking(&evs);
         let mut out = Vec::new();
         // The capture's one Event-UUID'd playback was sent with `app-<uuid prefix>`; rewrite it
         // to one of ours the way the test peer does.
