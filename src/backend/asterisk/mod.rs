@@ -94,13 +94,20 @@ impl AsteriskSettings {
             if s.username.is_empty() || s.secret.is_empty() {
                 return Err(format!("servers[{i}]: username and secret must be set"));
             }
-            let classes: Vec<&str> = s.events.split(',').map(str::trim).collect();
-            let needed = ["call", "user"];
-            if s.events != "on" && !needed.iter().all(|n| classes.contains(n)) {
+            let classes: Vec<String> = s
+                .events
+                .split(',')
+                .map(|c| c.trim().to_ascii_lowercase())
+                .collect();
+            let has = |class: &str| classes.iter().any(|c| c == class);
+            // manager.c: `on` (or any true word) and the class `all` switch every class on.
+            let everything = ["on", "yes", "true", "all"].iter().any(|w| has(w));
+            let enough = everything || (has("call") && has("user"));
+            if !enough {
                 // Without `call` there is not even an OriginateResponse; without `user` no
                 // forwarding UserEvent (fixture README).
                 return Err(format!(
-                    "servers[{i}].events: `{}` must be `on` or include `call` and `user`",
+                    "servers[{i}].events: `{}` must be `on`, `all` or include `call` and `user`",
                     s.events
                 ));
             }
@@ -696,7 +703,15 @@ mod tests {
             let err = with(refused).validate().unwrap_err();
             assert!(err.contains("servers[0]"), "{refused:?}: {err}");
         }
-        for accepted in ["on", "call,user", "user, call", "call,user,dialplan"] {
+        for accepted in [
+            "on",
+            "ON",
+            "all",
+            "yes",
+            "call,user",
+            "user, call",
+            "call,user,dialplan",
+        ] {
             assert_eq!(with(accepted).validate(), Ok(()), "{accepted:?}");
         }
     }
