@@ -556,15 +556,15 @@ impl Engine {
     /// each gets a final status saying it was interrupted, and its callback.
     async fn recover(&self) -> Result<(), StoreError> {
         let s = &self.shared;
+        let mut redial = Vec::new();
         for v in s.store.unfinished().await? {
             if v.state == "accepted" {
                 // Stored but never handed to a backend: place the call now.
                 match self.rebuild(&v) {
                     Some(call) => {
                         warn!(id = v.id, "verification accepted before a crash and never dialled; dialling it now");
-                        if s.control.send(Control::Start(Box::new(call))).await.is_ok() {
-                            continue;
-                        }
+                        redial.push(call);
+                        continue;
                     }
                     None => warn!(
                         id = v.id,
@@ -620,6 +620,9 @@ impl Engine {
             );
         }
         s.outbox.notify_one();
+        if !redial.is_empty() {
+            tokio::spawn(redial_when_connected(s.clone(), redial));
+        }
         Ok(())
     }
 
@@ -739,6 +742,32 @@ async fn write_records(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Reco
         }
         dialled.clear();
         finished.clear();
+    }
+}
+
+/// How long recovery waits for a PBX backend to connect before dialling anyway (the call then
+/// fails with `BACKEND_DOWN_CAUSE`, as a new request would be refused).
+const RECOVERY_CONNECT_WAIT: Duration = Duration::from_secs(30);
+
+/// Dials the verifications recovery found undialled, each once its route's backend is connected:
+/// at start a PBX connection takes a moment to come up, and dialling before it would fail calls
+/// that a second later would go through. A call left in `accepted` (the loop gone) is dialled at
+/// the next start.
+async fn redial_when_connected(shared: Arc<Shared>, calls: Vec<NewCall>) {
+    let give_up = Instant::now() + RECOVERY_CONNECT_WAIT;
+    for call in calls {
+        let backend = &shared.routes[call.route].backend;
+        while !backend.is_available() && Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if shared
+            .control
+            .send(Control::Start(Box::new(call)))
+            .await
+            .is_err()
+        {
+            return;
+        }
     }
 }
 

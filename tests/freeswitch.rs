@@ -730,3 +730,64 @@ async fn a_socket_session_in_static_mode_still_plays_and_is_reported() {
         server.log()
     );
 }
+
+/// A verification stored but never dialled before a crash is dialled at the restart once the
+/// event socket is up: not failed for a connection that was still being made.
+#[tokio::test]
+async fn an_undialled_verification_is_dialled_after_a_restart_once_connected() {
+    let peer = Peer::start().await;
+    let server = start(&peer, "connect_timeout_ms = 500").await;
+    let receiver = Receiver::start(0).await;
+    let (reply, cb) = call(
+        &server,
+        &receiver,
+        json!({"number": "79990000020", "voice": {"code": "4821"}}),
+    )
+    .await;
+    assert_eq!(cb["state"], "BUSY");
+    let id = id_of(&reply);
+    let originates = peer.sent_containing("bgapi originate").len();
+    let mut server = server;
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let (dir, config_path, db) = (
+        server.dir.clone(),
+        server.config_path.clone(),
+        server.db_path(),
+    );
+    drop(server);
+    // Rewind the row to the moment between its commit and its dial, as a crash there leaves it.
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        for sql in [
+            "DELETE FROM outbox",
+            "DELETE FROM call_records",
+            "UPDATE verifications SET state = 'accepted', outcome = NULL, finished_at = NULL, duration_ms = NULL",
+        ] {
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        }
+    }
+    // FreeSWITCH is slow to accept the login after the restart: the first connection of the new
+    // process gets no answer to `auth`, gives up after connect_timeout_ms and tries again.
+    peer.mute(true);
+    let _server = Server::start_in(dir, config_path).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    peer.mute(false);
+    let cb = receiver.next(20).await.body;
+    assert_eq!(cb["id"], reply["id"]);
+    assert_eq!(cb["state"], "BUSY", "dialled again, not failed: {cb}");
+    assert_eq!(
+        db_value(&db, "SELECT outcome FROM verifications WHERE id = ?", id)
+            .await
+            .as_deref(),
+        Some("busy")
+    );
+    assert_eq!(
+        peer.sent_containing("bgapi originate").len(),
+        originates + 1,
+        "one more originate, on the new connection"
+    );
+}
