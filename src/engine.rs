@@ -557,6 +557,7 @@ impl Engine {
     async fn recover(&self) -> Result<(), StoreError> {
         let s = &self.shared;
         let mut redial = Vec::new();
+        let mut release = Vec::new();
         for v in s.store.unfinished().await? {
             if v.state == "accepted" {
                 // Stored but never handed to a backend: place the call now.
@@ -570,6 +571,13 @@ impl Engine {
                         id = v.id,
                         "cannot rebuild an undialled verification; closing it"
                     ),
+                }
+            }
+            if v.state != "accepted" {
+                // Handed to a PBX before the crash: its channel may still ring or sit parked.
+                let route = s.config.routes.iter().position(|r| r.name == v.route);
+                if let (Some(route), Ok(call)) = (route, v.call_id.parse::<CallId>()) {
+                    release.push((route, call));
                 }
             }
             let now_ms = s.clock.now_ms();
@@ -620,8 +628,8 @@ impl Engine {
             );
         }
         s.outbox.notify_one();
-        if !redial.is_empty() {
-            tokio::spawn(redial_when_connected(s.clone(), redial));
+        if !redial.is_empty() || !release.is_empty() {
+            tokio::spawn(resume_when_connected(s.clone(), release, redial));
         }
         Ok(())
     }
@@ -749,17 +757,34 @@ async fn write_records(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Reco
 /// fails with `BACKEND_DOWN_CAUSE`, as a new request would be refused).
 const RECOVERY_CONNECT_WAIT: Duration = Duration::from_secs(30);
 
-/// Dials the verifications recovery found undialled, each once its route's backend is connected:
-/// at start a PBX connection takes a moment to come up, and dialling before it would fail calls
-/// that a second later would go through. A call left in `accepted` (the loop gone) is dialled at
+/// What recovery found, done once each route's backend is connected (at start a PBX connection
+/// takes a moment to come up; acting before it would fail what a second later goes through):
+/// channels of calls cut by the crash are released, so none rings on or stays parked, then the
+/// undialled verifications are dialled. A call left in `accepted` (the loop gone) is dialled at
 /// the next start.
-async fn redial_when_connected(shared: Arc<Shared>, calls: Vec<NewCall>) {
+async fn resume_when_connected(
+    shared: Arc<Shared>,
+    release: Vec<(usize, CallId)>,
+    redial: Vec<NewCall>,
+) {
     let give_up = Instant::now() + RECOVERY_CONNECT_WAIT;
-    for call in calls {
-        let backend = &shared.routes[call.route].backend;
-        while !backend.is_available() && Instant::now() < give_up {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    let connected = |route: usize| {
+        let backend = shared.routes[route].backend.clone();
+        async move {
+            while !backend.is_available() && Instant::now() < give_up {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            backend
         }
+    };
+    for (route, call) in release {
+        let backend = connected(route).await;
+        if let Err(e) = backend.submit(Command::Release { call }) {
+            warn!(%call, error = %e, "could not release the channel of an interrupted call");
+        }
+    }
+    for call in redial {
+        connected(call.route).await;
         if shared
             .control
             .send(Control::Start(Box::new(call)))

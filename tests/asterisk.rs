@@ -811,3 +811,74 @@ fn the_shipped_dialplan_keeps_what_the_captured_one_needed() {
         assert!(value("write").iter().any(|c| c == class), "write {class}");
     }
 }
+
+/// A call cut by a crash is not left ringing on Asterisk: at the restart callcode hangs its
+/// `;1` channel up by our ChannelId once AMI is logged in, and reports it interrupted.
+#[tokio::test]
+async fn a_call_cut_by_a_crash_is_hung_up_on_asterisk_at_the_restart() {
+    let mut rig = rig().await;
+    // 178 rings until callcode hangs it up.
+    let (status, reply) = rig
+        .server
+        .send(json!({"number": "79990000178", "voice": {"code": "4821"}, "callback_url": rig.receiver.url()}))
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    for _ in 0..200 {
+        if !rig.peer.actions("Originate").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(rig.peer.actions("Originate").len(), 1);
+    let _ = rig.server.child.kill();
+    let _ = rig.server.child.wait();
+    let (dir, config_path, db) = (
+        rig.server.dir.clone(),
+        rig.server.config_path.clone(),
+        rig.server.db_path(),
+    );
+    let id: i64 = text(&reply, "id").parse().unwrap();
+    let call_id = db_value(&db, "SELECT call_id FROM verifications WHERE id = ?", id)
+        .await
+        .unwrap();
+    // The dial may not have been recorded before the kill: record it, as it had happened.
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::query("UPDATE verifications SET state = 'dialing' WHERE id = ?")
+            .bind(id)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    assert!(
+        rig.peer.actions("Hangup").is_empty(),
+        "not hung up before the crash"
+    );
+    rig.server = Server::start_in(dir, config_path).await;
+    let mut hangups = vec![];
+    for _ in 0..200 {
+        hangups = rig.peer.actions("Hangup");
+        if !hangups.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(hangups.len(), 1, "{hangups:?}");
+    assert_eq!(field(&hangups[0], "Channel"), [call_id.as_str()]);
+    assert_eq!(field(&hangups[0], "Cause"), ["16"]);
+    assert_eq!(
+        field(&hangups[0], "ActionID"),
+        [format!("release-{call_id}").as_str()]
+    );
+    let cb = rig.receiver.next(20).await.body;
+    assert_eq!(text(&cb, "id"), id.to_string(), "{cb}");
+    assert_eq!(
+        db_value(&db, "SELECT outcome FROM verifications WHERE id = ?", id)
+            .await
+            .as_deref(),
+        Some("interrupted")
+    );
+}

@@ -791,3 +791,61 @@ async fn an_undialled_verification_is_dialled_after_a_restart_once_connected() {
         "one more originate, on the new connection"
     );
 }
+
+/// A call cut by a crash is not left ringing (or parked) on FreeSWITCH: at the restart callcode
+/// kills its channel by its UUID once the event socket is up, and reports it interrupted.
+#[tokio::test]
+async fn a_call_cut_by_a_crash_is_released_on_freeswitch_at_the_restart() {
+    let peer = Peer::start().await;
+    let mut server = start(&peer, "").await;
+    let receiver = Receiver::start(0).await;
+    // 0070 rings until it is killed (-70-).
+    let (status, reply) = server
+        .send(json!({"number": "79990000070", "voice": {"code": "4821"}, "callback_url": receiver.url()}))
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    peer.wait_until(10, "the call rings", |p| p.originated().len() == 1)
+        .await;
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let (dir, config_path, db) = (
+        server.dir.clone(),
+        server.config_path.clone(),
+        server.db_path(),
+    );
+    drop(server);
+    let id = id_of(&reply);
+    let uuid = db_value(&db, "SELECT call_id FROM verifications WHERE id = ?", id)
+        .await
+        .unwrap();
+    // The dial may not have been recorded before the kill: record it, as it had happened.
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::query("UPDATE verifications SET state = 'dialing' WHERE id = ?")
+            .bind(id)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    assert!(
+        peer.sent_containing("uuid_kill").is_empty(),
+        "not killed before the crash"
+    );
+    let _server = Server::start_in(dir, config_path).await;
+    let kill = format!("api uuid_kill {uuid} NORMAL_CLEARING");
+    peer.wait_until(10, "the orphan channel is killed", |p| {
+        !p.sent_containing(&kill).is_empty()
+    })
+    .await;
+    let cb = receiver.next(20).await.body;
+    assert_eq!(cb["id"], reply["id"]);
+    assert_eq!(
+        db_value(&db, "SELECT outcome FROM verifications WHERE id = ?", id)
+            .await
+            .as_deref(),
+        Some("interrupted")
+    );
+}

@@ -94,13 +94,20 @@ pub enum Command {
         call: CallId,
         q850: u16,
     },
+    /// A call of a previous run that callcode no longer follows (it crashed mid-call): hang its
+    /// channel up if a PBX still has it, on every server, and report nothing back.
+    Release {
+        call: CallId,
+    },
 }
 
 impl Command {
     pub fn call(&self) -> CallId {
         match self {
             Command::Originate(o) => o.call,
-            Command::Play { call, .. } | Command::Hangup { call, .. } => *call,
+            Command::Play { call, .. }
+            | Command::Hangup { call, .. }
+            | Command::Release { call } => *call,
         }
     }
 }

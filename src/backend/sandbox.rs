@@ -237,6 +237,8 @@ impl Driver {
                     .unwrap_or(Duration::from_millis(500));
                 self.schedule(call, duration, CallEvent::PromptDone { seq });
             }
+            // Sandbox calls die with the process: nothing survives a restart.
+            Command::Release { .. } => {}
             Command::Hangup { call, q850 } => {
                 if self.calls.remove(&call).is_some() {
                     let ended = CallEvent::Hangup(Hangup {

@@ -424,6 +424,22 @@ impl Driver {
 
     fn command(&mut self, command: Command, out: &mut Vec<Out>) {
         match command {
+            Command::Release { call } => {
+                // ChannelId made the call's `;1` half carry our call id as its Uniqueid; hanging
+                // it up ends `;2` and the callee with it. Which server had it is not known after a
+                // restart, so every connected one is asked (`No such channel` elsewhere).
+                let channel = call.to_string();
+                for server in 0..self.servers.len() {
+                    self.send(
+                        server,
+                        &format!("release-{call}"),
+                        Action::Hangup {
+                            channel: &channel,
+                            cause: crate::call::machine::DROP_CAUSE,
+                        },
+                    );
+                }
+            }
             Command::Originate(o) => {
                 let server = (0..self.servers.len())
                     .filter(|&i| self.servers[i].writer.is_some())

@@ -70,6 +70,8 @@ enum Pending {
     Play,
     Exists(CallId),
     Status,
+    /// `uuid_kill` of a call from before a restart; whatever the answer, nothing follows.
+    Release,
 }
 
 pub(crate) struct Driver {
@@ -280,6 +282,12 @@ impl Driver {
                     pending.push_back(Pending::Play);
                 }
             }
+            Command::Release { call } => {
+                let cmd = format!("uuid_kill {call} NORMAL_CLEARING");
+                if Self::write(w, Esl::Api(&cmd)).await? {
+                    pending.push_back(Pending::Release);
+                }
+            }
             Command::Hangup { call, q850 } => {
                 let uuid = call.to_string();
                 match self.tracker.hangup(call, q850) {
@@ -330,6 +338,7 @@ impl Driver {
             }
             Command::Hangup { call, q850 } => self.deferred_hangups.push((call, q850)),
             Command::Play { call, .. } => debug!(%call, "prompt skipped: server down"),
+            Command::Release { call } => debug!(%call, "release skipped: server down"),
         }
     }
 

@@ -288,6 +288,16 @@ impl Backend for FreeSwitch {
     fn submit(&self, command: Command) -> Result<(), BackendError> {
         let unavailable = || BackendError::Unavailable(self.shared.name.clone());
         let index = match &command {
+            Command::Release { .. } => {
+                // Which server had the call is not known after a restart: ask every connected one.
+                let mut sent = false;
+                for s in self.servers.iter() {
+                    if s.connected.load(Ordering::Acquire) {
+                        sent |= s.commands.send(command.clone()).is_ok();
+                    }
+                }
+                return if sent { Ok(()) } else { Err(unavailable()) };
+            }
             Command::Originate(o) => {
                 let index = self
                     .servers
