@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::asterisk::Peer;
-use common::{db_value, Receiver, Server, FAST};
+use common::{db_execute, db_value, Receiver, Server, FAST};
 use serde_json::{json, Value};
 
 const SECRET: &str = "s3cr3t";
@@ -842,17 +842,8 @@ async fn a_call_cut_by_a_crash_is_hung_up_on_asterisk_at_the_restart() {
         .await
         .unwrap();
     // The dial may not have been recorded before the kill: record it, as it had happened.
-    {
-        use sqlx::Connection;
-        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-            .await
-            .unwrap();
-        sqlx::query("UPDATE verifications SET state = 'dialing' WHERE id = ?")
-            .bind(id)
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
+    let dialled = format!("UPDATE verifications SET state = 'dialing' WHERE id = {id}");
+    db_execute(&db, &[&dialled]).await;
     assert!(
         rig.peer.actions("Hangup").is_empty(),
         "not hung up before the crash"

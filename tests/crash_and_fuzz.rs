@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{db_value, sandbox_config, Receiver, Server, FAST};
+use common::{db_execute, db_value, sandbox_config, Receiver, Server, FAST};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
 
@@ -78,19 +78,15 @@ async fn a_verification_stored_but_never_dialled_is_dialled_after_restart() {
     );
     drop(server);
     // Rewind the row to the moment between its commit and its dial, as a crash there leaves it.
-    {
-        use sqlx::Connection;
-        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-            .await
-            .unwrap();
-        for sql in [
+    db_execute(
+        &db,
+        &[
             "DELETE FROM outbox",
             "DELETE FROM call_records",
             "UPDATE verifications SET state = 'accepted', outcome = NULL, finished_at = NULL, duration_ms = NULL",
-        ] {
-            sqlx::query(sql).execute(&mut conn).await.unwrap();
-        }
-    }
+        ],
+    )
+    .await;
     let _server = Server::start_in(dir, config_path).await;
     // Dialled again: the sandbox's busy number answers busy, not "interrupted".
     let cb = receiver.next(15).await.body;

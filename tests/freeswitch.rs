@@ -5,7 +5,7 @@
 mod common;
 
 use common::freeswitch::{freeswitch_config, Peer};
-use common::{db_value, Receiver, Server, FAST};
+use common::{db_execute, db_value, Receiver, Server, FAST};
 use serde_json::{json, Value};
 
 async fn start(peer: &Peer, settings: &str) -> Server {
@@ -757,19 +757,15 @@ async fn an_undialled_verification_is_dialled_after_a_restart_once_connected() {
     );
     drop(server);
     // Rewind the row to the moment between its commit and its dial, as a crash there leaves it.
-    {
-        use sqlx::Connection;
-        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-            .await
-            .unwrap();
-        for sql in [
+    db_execute(
+        &db,
+        &[
             "DELETE FROM outbox",
             "DELETE FROM call_records",
             "UPDATE verifications SET state = 'accepted', outcome = NULL, finished_at = NULL, duration_ms = NULL",
-        ] {
-            sqlx::query(sql).execute(&mut conn).await.unwrap();
-        }
-    }
+        ],
+    )
+    .await;
     // FreeSWITCH is slow to accept the login after the restart: the first connection of the new
     // process gets no answer to `auth`, gives up after connect_timeout_ms and tries again.
     peer.mute(true);
@@ -819,17 +815,8 @@ async fn a_call_cut_by_a_crash_is_released_on_freeswitch_at_the_restart() {
         .await
         .unwrap();
     // The dial may not have been recorded before the kill: record it, as it had happened.
-    {
-        use sqlx::Connection;
-        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-            .await
-            .unwrap();
-        sqlx::query("UPDATE verifications SET state = 'dialing' WHERE id = ?")
-            .bind(id)
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
+    let dialled = format!("UPDATE verifications SET state = 'dialing' WHERE id = {id}");
+    db_execute(&db, &[&dialled]).await;
     assert!(
         peer.sent_containing("uuid_kill").is_empty(),
         "not killed before the crash"

@@ -347,3 +347,14 @@ pub async fn db_value(db: &Path, sql: &str, id: i64) -> Option<String> {
         });
     v
 }
+
+/// Runs statements on the database of a stopped server, to stage what a crash leaves behind.
+pub async fn db_execute(db: &Path, statements: &[&str]) {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .expect("open db");
+    for sql in statements {
+        sqlx::query(sql).execute(&mut conn).await.expect(sql);
+    }
+}
