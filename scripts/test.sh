@@ -16,6 +16,11 @@ cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
+# The fuzz targets (fuzz/, their own workspace) must keep compiling; running them needs nightly
+# and cargo-fuzz (`cargo fuzz run esl_decode`), which CI does not have.
+echo "== fuzz targets: cargo check"
+(cd fuzz && cargo check --bins --locked)
+
 # --all-targets also builds the benches and runs each once in criterion's test mode.
 echo "== cargo test"
 cargo test --all-targets --locked
