@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::asterisk::Peer;
-use common::{db_execute, db_value, Receiver, Server, FAST};
+use common::{db_value, Receiver, Server, FAST};
 use serde_json::{json, Value};
 
 const SECRET: &str = "s3cr3t";
@@ -128,12 +128,7 @@ async fn send(rig: &Rig, mut body: Value) -> (i64, Value) {
 }
 
 async fn record(rig: &Rig, id: i64, column: &str) -> Option<String> {
-    db_value(
-        &rig.server.db_path(),
-        &format!("SELECT {column} FROM call_records WHERE verification_id = ?"),
-        id,
-    )
-    .await
+    rig.server.call_record(id, column).await
 }
 
 async fn outcome(rig: &Rig, id: i64) -> String {
@@ -610,12 +605,7 @@ async fn calls_of_an_asterisk_that_stays_away_are_lost() {
     peer.go_away();
     let cb = receiver.next(20).await.body;
     let id: i64 = text(&reply, "id").parse().unwrap();
-    let outcome = db_value(
-        &server.db_path(),
-        "SELECT outcome FROM call_records WHERE verification_id = ?",
-        id,
-    )
-    .await;
+    let outcome = server.call_record(id, "outcome").await;
     assert_eq!(outcome.as_deref(), Some("interrupted"), "{cb}");
     // With no server left the backend takes no new calls.
     let (_, reply) = server.send(json!({"number": "79990000486"})).await;
@@ -816,42 +806,38 @@ fn the_shipped_dialplan_keeps_what_the_captured_one_needed() {
 /// `;1` channel up by our ChannelId once AMI is logged in, and reports it interrupted.
 #[tokio::test]
 async fn a_call_cut_by_a_crash_is_hung_up_on_asterisk_at_the_restart() {
-    let mut rig = rig().await;
+    let Rig {
+        server,
+        peer,
+        receiver,
+    } = rig().await;
     // 178 rings until callcode hangs it up.
-    let (status, reply) = rig
-        .server
-        .send(json!({"number": "79990000178", "voice": {"code": "4821"}, "callback_url": rig.receiver.url()}))
+    let (status, reply) = server
+        .send(json!({"number": "79990000178", "voice": {"code": "4821"}, "callback_url": receiver.url()}))
         .await;
     assert_eq!(status, 200, "{reply}");
     for _ in 0..200 {
-        if !rig.peer.actions("Originate").is_empty() {
+        if !peer.actions("Originate").is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert_eq!(rig.peer.actions("Originate").len(), 1);
-    let _ = rig.server.child.kill();
-    let _ = rig.server.child.wait();
-    let (dir, config_path, db) = (
-        rig.server.dir.clone(),
-        rig.server.config_path.clone(),
-        rig.server.db_path(),
-    );
+    assert_eq!(peer.actions("Originate").len(), 1);
+    let crashed = server.crash();
+    let db = crashed.db.clone();
     let id: i64 = text(&reply, "id").parse().unwrap();
     let call_id = db_value(&db, "SELECT call_id FROM verifications WHERE id = ?", id)
         .await
         .unwrap();
-    // The dial may not have been recorded before the kill: record it, as it had happened.
-    let dialled = format!("UPDATE verifications SET state = 'dialing' WHERE id = {id}");
-    db_execute(&db, &[&dialled]).await;
+    crashed.mark_dialled(id).await;
     assert!(
-        rig.peer.actions("Hangup").is_empty(),
+        peer.actions("Hangup").is_empty(),
         "not hung up before the crash"
     );
-    rig.server = Server::start_in(dir, config_path).await;
+    let _server = crashed.restart().await;
     let mut hangups = vec![];
     for _ in 0..200 {
-        hangups = rig.peer.actions("Hangup");
+        hangups = peer.actions("Hangup");
         if !hangups.is_empty() {
             break;
         }
@@ -864,7 +850,7 @@ async fn a_call_cut_by_a_crash_is_hung_up_on_asterisk_at_the_restart() {
         field(&hangups[0], "ActionID"),
         [format!("release-{call_id}").as_str()]
     );
-    let cb = rig.receiver.next(20).await.body;
+    let cb = receiver.next(20).await.body;
     assert_eq!(text(&cb, "id"), id.to_string(), "{cb}");
     assert_eq!(
         db_value(&db, "SELECT outcome FROM verifications WHERE id = ?", id)

@@ -3,10 +3,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::{db_execute, db_value, sandbox_config, Receiver, Server, FAST};
+use common::{db_value, sandbox_config, Receiver, Server, FAST};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
 
@@ -21,18 +20,8 @@ async fn kill_9_mid_call_then_restart_delivers_an_interrupted_callback() {
     assert_eq!(status, 200);
     let id: i64 = reply["id"].as_str().unwrap().parse().unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pid = server.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-9", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let (dir, config_path, db) = (
-        server.dir.clone(),
-        server.config_path.clone(),
-        server.db_path(),
-    );
-    drop(server);
+    let crashed = server.crash();
+    let db = crashed.db.clone();
     assert_eq!(
         db_value(&db, "SELECT state FROM verifications WHERE id = ?", id)
             .await
@@ -40,7 +29,7 @@ async fn kill_9_mid_call_then_restart_delivers_an_interrupted_callback() {
         Some("dialing"),
         "accepted and stored before the reply, not finished"
     );
-    let _server = Server::start_in(dir, config_path).await;
+    let _server = crashed.restart().await;
     let cb = receiver.next(15).await.body;
     assert_eq!(cb["id"], reply["id"]);
     assert_eq!(cb["state"], "CANCEL");
@@ -65,29 +54,10 @@ async fn a_verification_stored_but_never_dialled_is_dialled_after_restart() {
     assert_eq!(status, 200);
     assert_eq!(receiver.next(15).await.body["state"], "BUSY");
     let id: i64 = reply["id"].as_str().unwrap().parse().unwrap();
-    let pid = server.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-9", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let (dir, config_path, db) = (
-        server.dir.clone(),
-        server.config_path.clone(),
-        server.db_path(),
-    );
-    drop(server);
-    // Rewind the row to the moment between its commit and its dial, as a crash there leaves it.
-    db_execute(
-        &db,
-        &[
-            "DELETE FROM outbox",
-            "DELETE FROM call_records",
-            "UPDATE verifications SET state = 'accepted', outcome = NULL, finished_at = NULL, duration_ms = NULL",
-        ],
-    )
-    .await;
-    let _server = Server::start_in(dir, config_path).await;
+    let crashed = server.crash();
+    let db = crashed.db.clone();
+    crashed.rewind_to_undialled().await;
+    let _server = crashed.restart().await;
     // Dialled again: the sandbox's busy number answers busy, not "interrupted".
     let cb = receiver.next(15).await.body;
     assert_eq!(cb["id"], reply["id"]);

@@ -5,7 +5,7 @@
 mod common;
 
 use common::freeswitch::{freeswitch_config, Peer};
-use common::{db_execute, db_value, Receiver, Server, FAST};
+use common::{db_value, Receiver, Server, FAST};
 use serde_json::{json, Value};
 
 async fn start(peer: &Peer, settings: &str) -> Server {
@@ -45,12 +45,7 @@ async fn outcome(server: &Server, id: i64) -> String {
 
 /// FreeSWITCH's own events ended the call (callcode did not have to close it on its timer).
 async fn assert_confirmed(server: &Server, id: i64) {
-    let v = db_value(
-        &server.db_path(),
-        "SELECT hangup_unconfirmed FROM call_records WHERE verification_id = ?",
-        id,
-    )
-    .await;
+    let v = server.call_record(id, "hangup_unconfirmed").await;
     assert_eq!(
         v.as_deref(),
         Some("0"),
@@ -90,12 +85,7 @@ async fn answered_voice_with_repeat_plays_every_prompt_in_order_then_hangs_up() 
         .collect();
     let expected: Vec<String> = one_round.iter().chain(&one_round).cloned().collect();
     assert_eq!(peer.playbacks(&uuid), expected);
-    let played = db_value(
-        &server.db_path(),
-        "SELECT prompts_played FROM call_records WHERE verification_id = ?",
-        id,
-    )
-    .await;
+    let played = server.call_record(id, "prompts_played").await;
     assert_eq!(played.as_deref(), Some("10"));
     // Hung up after answer with a cause name, over sendmsg (fact 14).
     let hangups = peer.sent_containing(&format!("sendmsg {uuid}\ncall-command: hangup"));
@@ -200,19 +190,9 @@ async fn busy_records_the_sip_status_and_cause() {
     .await;
     assert_eq!(cb["state"], "BUSY");
     let id = id_of(&reply);
-    let q850 = db_value(
-        &server.db_path(),
-        "SELECT q850 FROM call_records WHERE verification_id = ?",
-        id,
-    )
-    .await;
+    let q850 = server.call_record(id, "q850").await;
     assert_eq!(q850.as_deref(), Some("17"));
-    let sip = db_value(
-        &server.db_path(),
-        "SELECT sip_status FROM call_records WHERE verification_id = ?",
-        id,
-    )
-    .await;
+    let sip = server.call_record(id, "sip_status").await;
     assert_eq!(sip.as_deref(), Some("486"));
 }
 
@@ -281,12 +261,7 @@ async fn forwarding_by_181_and_by_302_is_caught_by_the_redirect_guard() {
         (reply, cb)
     };
     assert_eq!(cb["state"], "ANSWERED", "{cb}");
-    let to = db_value(
-        &server.db_path(),
-        "SELECT redirect_to FROM call_records WHERE verification_id = ?",
-        id_of(&reply),
-    )
-    .await;
+    let to = server.call_record(id_of(&reply), "redirect_to").await;
     assert_eq!(to.as_deref(), Some("79990003344"));
 }
 
@@ -323,12 +298,7 @@ async fn remote_hangup_during_playback_ends_the_call_cleanly() {
         .sent_containing(&format!("sendmsg {uuid}\ncall-command: hangup"))
         .is_empty());
     assert!(receiver.quiet_for(500).await, "a second callback");
-    let played_db = db_value(
-        &server.db_path(),
-        "SELECT prompts_played FROM call_records WHERE verification_id = ?",
-        id,
-    )
-    .await;
+    let played_db = server.call_record(id, "prompts_played").await;
     assert_eq!(played_db, Some((BYE_AT_PROMPT - 1).to_string()));
 }
 
@@ -747,29 +717,13 @@ async fn an_undialled_verification_is_dialled_after_a_restart_once_connected() {
     assert_eq!(cb["state"], "BUSY");
     let id = id_of(&reply);
     let originates = peer.sent_containing("bgapi originate").len();
-    let mut server = server;
-    let _ = server.child.kill();
-    let _ = server.child.wait();
-    let (dir, config_path, db) = (
-        server.dir.clone(),
-        server.config_path.clone(),
-        server.db_path(),
-    );
-    drop(server);
-    // Rewind the row to the moment between its commit and its dial, as a crash there leaves it.
-    db_execute(
-        &db,
-        &[
-            "DELETE FROM outbox",
-            "DELETE FROM call_records",
-            "UPDATE verifications SET state = 'accepted', outcome = NULL, finished_at = NULL, duration_ms = NULL",
-        ],
-    )
-    .await;
+    let crashed = server.crash();
+    let db = crashed.db.clone();
+    crashed.rewind_to_undialled().await;
     // FreeSWITCH is slow to accept the login after the restart: the first connection of the new
     // process gets no answer to `auth`, gives up after connect_timeout_ms and tries again.
     peer.mute(true);
-    let _server = Server::start_in(dir, config_path).await;
+    let _server = crashed.restart().await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     peer.mute(false);
     let cb = receiver.next(20).await.body;
@@ -793,7 +747,7 @@ async fn an_undialled_verification_is_dialled_after_a_restart_once_connected() {
 #[tokio::test]
 async fn a_call_cut_by_a_crash_is_released_on_freeswitch_at_the_restart() {
     let peer = Peer::start().await;
-    let mut server = start(&peer, "").await;
+    let server = start(&peer, "").await;
     let receiver = Receiver::start(0).await;
     // 0070 rings until it is killed (-70-).
     let (status, reply) = server
@@ -802,26 +756,18 @@ async fn a_call_cut_by_a_crash_is_released_on_freeswitch_at_the_restart() {
     assert_eq!(status, 200, "{reply}");
     peer.wait_until(10, "the call rings", |p| p.originated().len() == 1)
         .await;
-    let _ = server.child.kill();
-    let _ = server.child.wait();
-    let (dir, config_path, db) = (
-        server.dir.clone(),
-        server.config_path.clone(),
-        server.db_path(),
-    );
-    drop(server);
+    let crashed = server.crash();
+    let db = crashed.db.clone();
     let id = id_of(&reply);
     let uuid = db_value(&db, "SELECT call_id FROM verifications WHERE id = ?", id)
         .await
         .unwrap();
-    // The dial may not have been recorded before the kill: record it, as it had happened.
-    let dialled = format!("UPDATE verifications SET state = 'dialing' WHERE id = {id}");
-    db_execute(&db, &[&dialled]).await;
+    crashed.mark_dialled(id).await;
     assert!(
         peer.sent_containing("uuid_kill").is_empty(),
         "not killed before the crash"
     );
-    let _server = Server::start_in(dir, config_path).await;
+    let _server = crashed.restart().await;
     let kill = format!("api uuid_kill {uuid} NORMAL_CLEARING");
     peer.wait_until(10, "the orphan channel is killed", |p| {
         !p.sent_containing(&kill).is_empty()

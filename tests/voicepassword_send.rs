@@ -222,19 +222,9 @@ async fn forwarding_is_recorded_on_the_call_record() {
     )
     .await;
     let id: i64 = num(&reply, "id").parse().unwrap();
-    let redirected = db_value(
-        &server.db_path(),
-        "SELECT redirected FROM call_records WHERE verification_id = ?",
-        id,
-    )
-    .await;
+    let redirected = server.call_record(id, "redirected").await;
     assert_eq!(redirected.as_deref(), Some("1"));
-    let to = db_value(
-        &server.db_path(),
-        "SELECT redirect_to FROM call_records WHERE verification_id = ?",
-        id,
-    )
-    .await;
+    let to = server.call_record(id, "redirect_to").await;
     assert_eq!(to.as_deref(), Some("79990009999"));
 }
 

@@ -152,6 +152,27 @@ impl Server {
         self.dir.path().join("callcode.db")
     }
 
+    /// One column of a verification's call record.
+    pub async fn call_record(&self, verification: i64, column: &str) -> Option<String> {
+        db_value(
+            &self.db_path(),
+            &format!("SELECT {column} FROM call_records WHERE verification_id = ?"),
+            verification,
+        )
+        .await
+    }
+
+    /// kill -9: no shutdown of any kind. What is left is what a restart starts from.
+    pub fn crash(self) -> Crashed {
+        let crashed = Crashed {
+            dir: self.dir.clone(),
+            config_path: self.config_path.clone(),
+            db: self.db_path(),
+        };
+        drop(self); // Drop sends SIGKILL and reaps the process.
+        crashed
+    }
+
     pub fn log(&self) -> String {
         read_log(self.dir.path())
     }
@@ -349,12 +370,47 @@ pub async fn db_value(db: &Path, sql: &str, id: i64) -> Option<String> {
 }
 
 /// Runs statements on the database of a stopped server, to stage what a crash leaves behind.
-pub async fn db_execute(db: &Path, statements: &[&str]) {
+async fn db_execute(db: &Path, statements: &[&str]) {
     use sqlx::Connection;
     let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
         .await
         .expect("open db");
     for sql in statements {
         sqlx::query(sql).execute(&mut conn).await.expect(sql);
+    }
+}
+
+/// A server killed by `Server::crash`: its directory, configuration and database.
+pub struct Crashed {
+    pub dir: Arc<tempfile::TempDir>,
+    pub config_path: PathBuf,
+    pub db: PathBuf,
+}
+
+impl Crashed {
+    /// Starts again on the same directory, database and configuration.
+    pub async fn restart(&self) -> Server {
+        Server::start_in(self.dir.clone(), self.config_path.clone()).await
+    }
+
+    /// Rewinds every verification to the moment between its commit and its dial, as a crash
+    /// there leaves it: stored, charged, not dialled, nothing recorded or queued.
+    pub async fn rewind_to_undialled(&self) {
+        db_execute(
+            &self.db,
+            &[
+                "DELETE FROM outbox",
+                "DELETE FROM call_records",
+                "UPDATE verifications SET state = 'accepted', outcome = NULL, finished_at = NULL, duration_ms = NULL",
+            ],
+        )
+        .await;
+    }
+
+    /// Marks a verification as handed to the PBX, as a crash mid-call leaves it (the dial may not
+    /// have been recorded yet when the process was killed).
+    pub async fn mark_dialled(&self, verification: i64) {
+        let sql = format!("UPDATE verifications SET state = 'dialing' WHERE id = {verification}");
+        db_execute(&self.db, &[&sql]).await;
     }
 }
