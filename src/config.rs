@@ -407,23 +407,18 @@ impl Config {
             ));
         }
         for (i, b) in self.backends.iter().enumerate() {
+            use crate::backend::{asterisk, freeswitch, sandbox};
             let checked: Result<(), String> = match b.kind {
-                BackendKind::Sandbox => crate::backend::sandbox::SandboxSettings::deserialize(
-                    toml::Value::Table(b.settings.clone()),
-                )
-                .map(|_| ())
-                .map_err(|e| e.message().trim().to_string()),
-                BackendKind::Asterisk => crate::backend::asterisk::AsteriskSettings::deserialize(
-                    toml::Value::Table(b.settings.clone()),
-                )
-                .map_err(|e| e.message().trim().to_string())
-                .and_then(|s| s.validate()),
+                BackendKind::Sandbox => {
+                    backend_settings::<sandbox::SandboxSettings>(&b.settings).map(|_| ())
+                }
+                BackendKind::Asterisk => {
+                    backend_settings::<asterisk::AsteriskSettings>(&b.settings)
+                        .and_then(|s| s.validate())
+                }
                 BackendKind::Freeswitch => {
-                    crate::backend::freeswitch::FreeswitchSettings::deserialize(toml::Value::Table(
-                        b.settings.clone(),
-                    ))
-                    .map_err(|e| e.message().trim().to_string())
-                    .and_then(|s| s.validate())
+                    backend_settings::<freeswitch::FreeswitchSettings>(&b.settings)
+                        .and_then(|s| s.validate())
                 }
             };
             if let Err(e) = checked {
@@ -548,6 +543,12 @@ fn line_of(text: &str, offset: usize) -> usize {
         .filter(|b| **b == b'\n')
         .count()
         + 1
+}
+
+/// A backend's `[backends.settings]` as its kind's settings type; the error is serde's message
+/// (it names the key).
+pub fn backend_settings<S: serde::de::DeserializeOwned>(table: &toml::Table) -> Result<S, String> {
+    S::deserialize(toml::Value::Table(table.clone())).map_err(|e| e.message().trim().to_string())
 }
 
 /// The line of the `n`th occurrence of `needle` (the first when there are fewer).

@@ -14,9 +14,10 @@ use tracing::{info, warn};
 
 use crate::api;
 use crate::backend::asterisk::{Asterisk, AsteriskSettings};
+use crate::backend::freeswitch::{FreeSwitch, FreeswitchSettings};
 use crate::backend::sandbox::{Sandbox, SandboxSettings};
 use crate::backend::Backend;
-use crate::config::{BackendKind, Config};
+use crate::config::{backend_settings, BackendKind, Config};
 use crate::engine::{Dialect, Engine, EngineParts};
 use crate::sounds::Sounds;
 use crate::store::Store;
@@ -42,13 +43,11 @@ pub async fn start_engine(
     let (events_tx, events_rx) = mpsc::channel(65_536);
     let mut backends: HashMap<String, Arc<dyn Backend>> = HashMap::new();
     for b in &config.backends {
+        let settings_error = |e: String| format!("backends.{}.settings: {e}", b.name);
         let backend: Arc<dyn Backend> = match b.kind {
             BackendKind::Sandbox => {
-                let settings: SandboxSettings = b
-                    .settings
-                    .clone()
-                    .try_into()
-                    .map_err(|e| format!("backends.{}.settings: {e}", b.name))?;
+                let settings: SandboxSettings =
+                    backend_settings(&b.settings).map_err(settings_error)?;
                 Arc::new(Sandbox::start(
                     &b.name,
                     settings,
@@ -57,11 +56,8 @@ pub async fn start_engine(
                 ))
             }
             BackendKind::Asterisk => {
-                let settings: AsteriskSettings = b
-                    .settings
-                    .clone()
-                    .try_into()
-                    .map_err(|e| format!("backends.{}.settings: {e}", b.name))?;
+                let settings: AsteriskSettings =
+                    backend_settings(&b.settings).map_err(settings_error)?;
                 let listen = settings.fastagi.listen;
                 Arc::new(
                     Asterisk::start(&b.name, settings, events_tx.clone())
@@ -70,12 +66,9 @@ pub async fn start_engine(
                 )
             }
             BackendKind::Freeswitch => {
-                let settings: crate::backend::freeswitch::FreeswitchSettings = b
-                    .settings
-                    .clone()
-                    .try_into()
-                    .map_err(|e| format!("backends.{}.settings: {e}", b.name))?;
-                crate::backend::freeswitch::FreeSwitch::start(&b.name, settings, events_tx.clone())
+                let settings: FreeswitchSettings =
+                    backend_settings(&b.settings).map_err(settings_error)?;
+                FreeSwitch::start(&b.name, settings, events_tx.clone())
                     .await
                     .map_err(|e| format!("backends.{}: {e}", b.name))?
             }
