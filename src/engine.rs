@@ -575,7 +575,7 @@ impl Engine {
             }
             if v.state != "accepted" {
                 // Handed to a PBX before the crash: its channel may still ring or sit parked.
-                let route = s.config.routes.iter().position(|r| r.name == v.route);
+                let route = self.route_named(&v.route);
                 if let (Some(route), Ok(call)) = (route, v.call_id.parse::<CallId>()) {
                     release.push((route, call));
                 }
@@ -634,11 +634,21 @@ impl Engine {
         Ok(())
     }
 
+    /// Index of the configured route a stored verification names (routes may have changed
+    /// since it was stored).
+    fn route_named(&self, name: &str) -> Option<usize> {
+        self.shared
+            .config
+            .routes
+            .iter()
+            .position(|r| r.name == name)
+    }
+
     /// The call of a stored verification, for recovery. `None` if the configuration no longer
     /// has its route or the row is unreadable.
     fn rebuild(&self, v: &crate::store::Verification) -> Option<NewCall> {
         let s = &self.shared;
-        let route_index = s.config.routes.iter().position(|r| r.name == v.route)?;
+        let route_index = self.route_named(&v.route)?;
         let route = &s.routes[route_index];
         let code = Code::parse_len(&v.code, v.code.len()).ok()?;
         let dialect = s.dialects.keys().copied().find(|d| *d == v.dialect)?;
